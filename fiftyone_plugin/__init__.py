@@ -1,0 +1,1 @@
+"""FiftyOne plugin for PAM region labels and captions, thin over pam_core. Operators arrive with issue #6."""

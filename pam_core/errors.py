@@ -1,0 +1,29 @@
+"""Typed errors: every failure pam_core raises on purpose is a PAMError with a message meant for users."""
+
+
+class PAMError(Exception):
+    """Base class of the errors pam_core raises for bad input or missing files."""
+
+
+class ImageError(PAMError, ValueError):
+    """The image cannot be read or has a layout pam_core does not understand."""
+
+
+class PromptError(PAMError, ValueError):
+    """A region prompt (box, points, mask) does not describe a region of the image."""
+
+
+class TaskError(PAMError, ValueError):
+    """The task is neither a known task name nor a free instruction."""
+
+
+class CheckpointError(PAMError):
+    """A PAM or SAM 2 checkpoint is incomplete, of the wrong kind, or does not fit its config."""
+
+
+class WeightsNotFoundError(CheckpointError, FileNotFoundError):
+    """Weights are neither on disk nor allowed to be downloaded; the message says what to fetch."""
+
+
+class DeviceError(PAMError, ValueError):
+    """The requested device or dtype is not available here."""

@@ -1,0 +1,198 @@
+"""Frozen SAM 2 (the upstream `sam2` package) plus the decoder taps PAM reads.
+
+The reference forks SAM 2 to return `mid_image_embed` (image tokens after the mask decoder's two-way
+transformer) and the mask tokens. Here the same values are captured from the unmodified package with a
+forward hook and a wrapper around `MaskDecoder.predict_masks`, and every step follows SAM 2's own code
+path for an initial conditioning frame (what the reference runs for a still image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from .errors import CheckpointError
+
+# What the PAM fork computes with (see the fixture README, section 2.3): masks always from token 0,
+# no hole filling, no stability-based mask replacement.
+PAM_SAM2_OVERRIDES = {
+    "model._target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
+    "model.multimask_output_in_sam": False,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability": False,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta": 0.05,
+    "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh": 0.98,
+    "model.binarize_mask_from_pts_for_mem_enc": True,
+    "model.fill_hole_area": 0,
+}
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def build_sam2(config_path: Path, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """SAM 2 video predictor from a yaml config with PAM's overrides, loaded strictly from `state_dict`."""
+    cfg = OmegaConf.load(config_path)
+    for key, value in PAM_SAM2_OVERRIDES.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    try:
+        model = instantiate(cfg.model, _recursive_=True)
+    except Exception as exc:  # hydra wraps every build error; report the config that failed
+        raise CheckpointError(f"cannot build SAM 2 from {config_path}: {exc}") from exc
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"SAM 2 weights do not fit the config {config_path.name}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            f"pass the SAM 2.1 config that matches the weights (--sam2-config)"
+        )
+    bad_shapes = [k for k, v in state_dict.items() if model.state_dict()[k].shape != v.shape]
+    if bad_shapes:
+        raise CheckpointError(f"SAM 2 weights do not fit the config {config_path.name}: shape mismatch in {bad_shapes[:3]}")
+    return model.float().eval().requires_grad_(False)
+
+
+def preprocess(image: Image.Image, size: int) -> torch.Tensor:
+    """(1, 3, size, size) float32, as the reference loads frames: PIL bicubic squash to a square
+    (aspect ratio not kept), /255 in float64, cast to float32, ImageNet mean/std."""
+    array = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC)) / 255.0
+    pixels = torch.from_numpy(array).permute(2, 0, 1).to(torch.float32)
+    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
+    return ((pixels - mean) / std)[None]
+
+
+@dataclass
+class ImageFeatures:
+    """SAM 2 encoder output for one image, ready for any number of prompts (cacheable)."""
+
+    image_embed: torch.Tensor  # (1, 256, 64, 64), with SAM 2's no-memory embedding added
+    high_res: list[torch.Tensor]  # the two high-resolution maps the decoder upsamples with
+    width: int
+    height: int
+
+
+@dataclass
+class Segmentation:
+    """One prompt's decoder output and the features PAM's Perceiver reads."""
+
+    low_res_logits: torch.Tensor  # (1, 1, 256, 256) token-0 logits, absent object -> -1024
+    mask_score: float  # predicted IoU of the output mask
+    object_score: float  # object-presence logit (> 0: present)
+    mid_image_embed: torch.Tensor  # (1, 256, 64, 64)
+    mid_mask_tokens: torch.Tensor  # (1, 2, 256): [stability-selected token, token 0]
+    all_mask_tokens: torch.Tensor  # (1, 4, 256)
+    stability: float  # token-0 stability score
+    selected_token: int  # decoder token that became the first LLM mask token
+    input_mask: Optional[np.ndarray] = None  # the mask itself, for mask prompts
+
+    def mask_logits(self, height: int, width: int) -> torch.Tensor:
+        """(1, 1, H, W) logits at image resolution (bilinear, as the reference's video-res consolidation)."""
+        return F.interpolate(self.low_res_logits, size=(height, width), mode="bilinear", align_corners=False)
+
+
+class SAM2Segmenter:
+    """Runs a frozen SAM 2 model on images and captures the decoder features PAM needs."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def encode(self, image: Image.Image) -> ImageFeatures:
+        sam = self.model
+        backbone_out = sam.forward_image(preprocess(image, self.image_size).to(self.device))
+        _, feats, pos, sizes = sam._prepare_backbone_features(backbone_out)
+        image_embed = sam._prepare_memory_conditioned_features(
+            frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats[-1:],
+            current_vision_pos_embeds=pos[-1:], feat_sizes=sizes[-1:],
+            output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames=1,
+        )
+        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])]
+        return ImageFeatures(image_embed, high_res, image.width, image.height)
+
+    @torch.inference_mode()
+    def segment(self, features: ImageFeatures, point_inputs: Optional[dict] = None,
+                mask: Optional[np.ndarray] = None) -> Segmentation:
+        """Decode one prompt: points (incl. box corners) through the SAM heads, or a mask through SAM 2's
+        mask-as-output path (`_use_mask_as_output`, as `add_new_mask` would)."""
+        sam = self.model
+        with self._tap_decoder() as tap:
+            if mask is not None:
+                mask_input = self._mask_input(mask)
+                low_res, _, ious, *_, object_score = sam._use_mask_as_output(
+                    features.image_embed, features.high_res, mask_input)
+            else:
+                point_inputs = {k: v.to(self.device) for k, v in point_inputs.items()}
+                _, _, ious, low_res, _, _, object_score = sam._forward_sam_heads(
+                    backbone_features=features.image_embed, point_inputs=point_inputs,
+                    high_res_features=features.high_res, multimask_output=False)
+        decoder = sam.sam_mask_decoder
+        stability = decoder._get_stability_scores(tap["masks"][:, 0:1])[:, 0]
+        is_stable = stability >= decoder.dynamic_multimask_stability_thresh
+        best_multimask = torch.argmax(tap["ious"][:, 1:], dim=-1) + 1
+        selected = torch.where(is_stable, torch.zeros_like(best_multimask), best_multimask)
+        tokens = tap["mask_tokens"]
+        batch = torch.arange(tokens.shape[0], device=tokens.device)
+        mid_mask_tokens = torch.stack([tokens[batch, selected], tokens[:, 0]], dim=1)
+        return Segmentation(
+            low_res_logits=low_res.float(),
+            mask_score=float(ious[0, 0]),
+            object_score=float(object_score[0, 0]),
+            mid_image_embed=tap["src"],
+            mid_mask_tokens=mid_mask_tokens,
+            all_mask_tokens=tokens,
+            stability=float(stability[0]),
+            selected_token=int(selected[0]),
+            input_mask=mask,
+        )
+
+    def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
+        """The mask at SAM's square input size, as SAM 2's `add_new_mask` resizes it."""
+        size = self.image_size
+        m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(self.device)
+        if m.shape[-2:] != (size, size):
+            m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            m = (m >= 0.5).float()
+        return m
+
+    @contextlib.contextmanager
+    def _tap_decoder(self):
+        """Capture the mask decoder's 4 masks, 4 IoUs, 4 mask tokens and its post-transformer image tokens."""
+        decoder = self.model.sam_mask_decoder
+        captured: dict[str, torch.Tensor] = {}
+        original = decoder.predict_masks
+
+        def predict_masks(*args, **kwargs):
+            masks, ious, mask_tokens, object_scores = original(*args, **kwargs)
+            captured.update(masks=masks, ious=ious, mask_tokens=mask_tokens)
+            return masks, ious, mask_tokens, object_scores
+
+        def transformer_hook(_module, _inputs, outputs):
+            src = outputs[1]
+            b, hw, c = src.shape
+            side = int(round(hw ** 0.5))
+            captured["src"] = src.transpose(1, 2).reshape(b, c, side, side)
+
+        handle = decoder.transformer.register_forward_hook(transformer_hook)
+        decoder.predict_masks = predict_masks
+        try:
+            yield captured
+        finally:
+            del decoder.predict_masks
+            handle.remove()
