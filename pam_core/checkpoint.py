@@ -158,10 +158,10 @@ def resolve_sam2(sam2: str | os.PathLike | None, config: str | os.PathLike | Non
         raise WeightsNotFoundError(
             f"SAM 2 weights not found: {ref} (give a sam2.1_hiera_*.pt / .safetensors file or one of "
             f"{', '.join(SAM2_HUB_FILES)})")
-    return weights, _sam2_config_path(config if config is not None else default_config)
+    return weights, sam2_config_path(config if config is not None else default_config)
 
 
-def _sam2_config_path(config: str | os.PathLike) -> Path:
+def sam2_config_path(config: str | os.PathLike) -> Path:
     path = Path(config).expanduser()
     if path.is_file():
         return path

@@ -37,26 +37,31 @@ IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
 
-def build_sam2(config_path: Path, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """SAM 2 video predictor from a yaml config with PAM's overrides, loaded strictly from `state_dict`."""
+def instantiate_sam2(config_path: Path) -> torch.nn.Module:
+    """A randomly initialised SAM 2 video predictor from a yaml config, with PAM's overrides applied."""
     cfg = OmegaConf.load(config_path)
     for key, value in PAM_SAM2_OVERRIDES.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
     try:
-        model = instantiate(cfg.model, _recursive_=True)
+        return instantiate(cfg.model, _recursive_=True)
     except Exception as exc:  # hydra wraps every build error; report the config that failed
         raise CheckpointError(f"cannot build SAM 2 from {config_path}: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
+
+
+def build_sam2(config_path: Path, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """SAM 2 from a yaml config, loaded strictly from `state_dict`, frozen, in float32."""
+    model = instantiate_sam2(config_path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong:
         raise CheckpointError(
-            f"SAM 2 weights do not fit the config {config_path.name}: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-            f"pass the SAM 2.1 config that matches the weights (--sam2-config)"
-        )
-    bad_shapes = [k for k, v in state_dict.items() if model.state_dict()[k].shape != v.shape]
-    if bad_shapes:
-        raise CheckpointError(f"SAM 2 weights do not fit the config {config_path.name}: shape mismatch in {bad_shapes[:3]}")
+            f"SAM 2 weights do not fit the config {config_path.name}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}); "
+            f"pass the SAM 2.1 config that matches the weights (--sam2-config)")
+    model.load_state_dict(state_dict)
     return model.float().eval().requires_grad_(False)
 
 

@@ -1,0 +1,23 @@
+"""Test environment: no hub access, CPU, and the shared golden fixture when the machine has it."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pam_tiny"
+needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory):
+    """A self-contained random-weight PAM (single-file layout) and its tiny SAM 2, written by pam_core."""
+    from pam_core.synthetic import write_random_checkpoint, write_random_sam2
+
+    root = tmp_path_factory.mktemp("synthetic")
+    sam2 = write_random_sam2(root / "sam2")
+    return write_random_checkpoint(root / "pam"), sam2

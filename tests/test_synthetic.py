@@ -1,0 +1,58 @@
+"""Self-contained checks on a random-weight checkpoint written by pam_core itself (no shared fixture)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pam_core import PAM, GenerationSettings, Region
+from pam_core.synthetic import write_random_checkpoint
+
+IMAGE = (np.random.RandomState(0).rand(120, 160, 3) * 255).astype(np.uint8)
+REGIONS = [Region.from_box([10, 10, 80, 90]), Region.from_points([[50, 50], [100, 20]], [1, 0])]
+SETTINGS = GenerationSettings(max_new_tokens=6, min_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def pam(synthetic_checkpoint):
+    folder, sam2 = synthetic_checkpoint
+    return PAM.from_pretrained(folder, sam2=sam2, device="cpu", local_files_only=True)
+
+
+def test_both_checkpoint_layouts_load_to_the_same_model(pam, synthetic_checkpoint, tmp_path):
+    folder, sam2 = synthetic_checkpoint
+    sharded = write_random_checkpoint(tmp_path / "sharded", sharded=True, sam2_weights=sam2)
+    assert (sharded / "model.safetensors.index.json").is_file() and not (sharded / "model.safetensors").exists()
+    other = PAM.from_pretrained(sharded, sam2=sam2, device="cpu", local_files_only=True)
+    a = pam.describe(IMAGE, REGIONS, task="brief", generation=SETTINGS)
+    b = other.describe(IMAGE, REGIONS, task="brief", generation=SETTINGS)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+
+
+def test_describe_is_deterministic_and_complete(pam):
+    first = pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
+    second = pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
+    assert [r.token_ids for r in first] == [r.token_ids for r in second]
+    for result in first:
+        assert result.mask.shape == (120, 160) and result.mask.dtype == bool
+        assert len(result.token_ids) == 6
+        assert isinstance(result.text, str)
+        assert set(result.to_dict()) >= {"box", "mask_score", "object_score", "text", "task", "lang"}
+
+
+def test_visual_embedding_layout(pam):
+    _, features = pam.encode(IMAGE)
+    analysis = pam.analyze(features, REGIONS[0])
+    hidden = pam.model.config.llm.hidden_size
+    assert analysis.visual_embeds.shape == (1024 + 1 + 16 + 1, hidden)
+    assert torch.equal(analysis.visual_embeds[1024], pam.model.image_newline)
+    assert torch.equal(analysis.visual_embeds[-1], pam.model.semT_newline)
+    embeds, ids = pam.model.prompt_embeds(pam_task("category"), analysis.visual_embeds)
+    assert ids.count(-200) == 1
+    assert embeds.shape[0] == len(ids) - 1 + 1042
+
+
+def pam_task(name):
+    from pam_core.tasks import resolve_task
+
+    return resolve_task(name, "en")
