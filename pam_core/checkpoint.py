@@ -132,6 +132,16 @@ def read_pam_weights(path: Path, dtype: torch.dtype = torch.float32) -> dict[str
     return state
 
 
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """How `given` fails to fit a module whose state dict is `expected` ("" when it fits exactly)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = [k for k in expected if k in given and expected[k].shape != given[k].shape]
+    problems = [f"{len(keys)} {what} (e.g. {keys[:3]})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys]
+    return ", ".join(problems)
+
+
 def resolve_sam2(sam2: str | os.PathLike | None, config: str | os.PathLike | None = None,
                  local_files_only: Optional[bool] = None) -> tuple[Path, Path]:
     """(weights file, yaml config) for SAM 2.

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("describe", help="segment and describe regions of an image",
                        description="Each --box and each --mask is one region; all --point options together form one region.")
     d.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
-    d.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="box region in pixels (repeatable)")
+    d.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="box region in pixels (repeatable; write --box=-5,10,80,90 when it starts with a minus)")
     d.add_argument("--point", action="append", default=[], metavar="X,Y,1|0",
                    help="point of the point region: 1 positive, 0 negative (repeatable)")
     d.add_argument("--mask", action="append", default=[], metavar="PNG", help="mask region: PNG at image size, non-zero = inside (repeatable)")
@@ -92,8 +92,8 @@ def cmd_describe(args) -> int:
     from .tasks import resolve_task
 
     resolve_task(args.task, args.lang)  # fail on a bad task before loading anything
-    regions = _regions(args)
     image = load_image(args.image)
+    regions = [region.validated(image.width, image.height) for region in _regions(args)]  # before the slow load
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # results.json marks a complete run; drop a stale one first

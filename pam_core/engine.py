@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from transformers import GenerationConfig
 from . import checkpoint
 from .io import ImageLike, load_image
 from .model import PAMModel
-from .prompts import Box, Region, mask_box
+from .prompts import Box, Region, RegionLike, as_region, mask_box
 from .segmenter import ImageFeatures, Segmentation
 from .tasks import Task, parse_output, resolve_task
 
@@ -81,31 +81,6 @@ class Generation:
     token_ids: list[int]
     text: str
     first_step_logits: Optional[torch.Tensor] = None
-
-
-RegionLike = Union[Region, dict]
-
-
-def as_region(region: RegionLike) -> Region:
-    """A Region from a Region or a dict with box / points (+ labels) / mask."""
-    if isinstance(region, Region):
-        return region
-    if isinstance(region, dict):
-        unknown = set(region) - {"box", "points", "labels", "mask"}
-        if unknown:
-            from .errors import PromptError
-
-            raise PromptError(f"unknown region keys {sorted(unknown)}; use box, points, labels, mask")
-        if region.get("mask") is not None:
-            base = Region.from_mask(region["mask"])
-        else:
-            base = Region()
-        box = Region.from_box(region["box"]).box if region.get("box") is not None else None
-        pts = Region.from_points(region["points"], region.get("labels")) if region.get("points") is not None else None
-        return replace(base, box=box, points=pts.points if pts else None, labels=pts.labels if pts else None)
-    from .errors import PromptError
-
-    raise PromptError(f"a region must be a Region or a dict, got {type(region).__name__}")
 
 
 class PAM:
@@ -185,7 +160,7 @@ class PAM:
                  progress: Optional[Progress] = None) -> list[RegionResult]:
         """Mask and text for every region of one image; SAM 2's encoder runs once for all of them."""
         resolved = resolve_task(task, lang)
-        pil, features = self.encode(image)
+        _, features = self.encode(image)
         checked = [as_region(r).validated(features.width, features.height) for r in regions]
         results = []
         for index, region in enumerate(checked):

@@ -101,18 +101,13 @@ class PAMModel(nn.Module):
         pam = cls(config, build_sam2(sam2_yaml, checkpoint.read_sam2_weights(sam2_weights)), llm, tokenizer,
                   checkpoint.read_generation_defaults(folder))
         pam._load_pam_weights(checkpoint.read_pam_weights(folder), folder)
-        pam.name = str(model)
         return pam.to_device(dev, dt)
 
     def _load_pam_weights(self, state: dict[str, torch.Tensor], folder: Path) -> None:
         own = {k: v for k, v in self.state_dict().items() if not k.startswith(("sam2.", "llm."))}
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or wrong:
-            raise CheckpointError(
-                f"PAM weights in {folder} do not fit its config.json: missing {missing[:4]}, "
-                f"unexpected {unexpected[:4]}, wrong shapes {wrong[:4]}")
+        mismatch = checkpoint.state_dict_mismatch(own, state)
+        if mismatch:
+            raise CheckpointError(f"PAM weights in {folder} do not fit its config.json: {mismatch}")
         self.load_state_dict(state, strict=False)
 
     def to_device(self, device: torch.device, dtype: torch.dtype) -> "PAMModel":
@@ -121,6 +116,8 @@ class PAMModel(nn.Module):
             module.to(dtype)
         for name in ("image_newline", "semT_newline", "frame_newline"):
             getattr(self, name).data = getattr(self, name).data.to(dtype)
+        # SAM 2's random-Fourier position encoding builds its grid in float32; keep its matrix float32 too.
+        self.vision_resampler.pe_layer.float()
         self.eval().requires_grad_(False)
         return self
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -86,6 +86,24 @@ class Region:
             labels = torch.cat([torch.tensor([2, 3], dtype=torch.int32), labels])
         coords = coords / torch.tensor([width, height]) * image_size
         return {"point_coords": coords[None], "point_labels": labels[None]}
+
+
+RegionLike = Union[Region, dict]
+
+
+def as_region(region: RegionLike) -> Region:
+    """A Region from a Region or a dict with "box", "points" (+ "labels") and/or "mask"."""
+    if isinstance(region, Region):
+        return region
+    if not isinstance(region, dict):
+        raise PromptError(f"a region must be a Region or a dict, got {type(region).__name__}")
+    unknown = set(region) - {"box", "points", "labels", "mask"}
+    if unknown:
+        raise PromptError(f"unknown region keys {sorted(unknown)}; use box, points, labels, mask")
+    given = lambda key: region.get(key) is not None  # noqa: E731
+    points = Region.from_points(region["points"], region.get("labels")) if given("points") else Region()
+    return Region(box=_as_box(region["box"]) if given("box") else None, points=points.points, labels=points.labels,
+                  mask=Region.from_mask(region["mask"]).mask if given("mask") else None)
 
 
 def _as_box(box: Sequence[float]) -> Box:

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from .checkpoint import state_dict_mismatch
 from .errors import CheckpointError
 
 # What the PAM fork computes with (see the fixture README, section 2.3): masks always from token 0,
@@ -52,15 +53,10 @@ def instantiate_sam2(config_path: Path) -> torch.nn.Module:
 def build_sam2(config_path: Path, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     """SAM 2 from a yaml config, loaded strictly from `state_dict`, frozen, in float32."""
     model = instantiate_sam2(config_path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"SAM 2 weights do not fit the config {config_path.name}: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]}); "
-            f"pass the SAM 2.1 config that matches the weights (--sam2-config)")
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict)
+    if mismatch:
+        raise CheckpointError(f"SAM 2 weights do not fit the config {config_path.name}: {mismatch}; "
+                              f"pass the SAM 2.1 config that matches the weights (--sam2-config)")
     model.load_state_dict(state_dict)
     return model.float().eval().requires_grad_(False)
 
