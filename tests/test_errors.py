@@ -18,8 +18,7 @@ from pam_core import (PAM, CheckpointError, DeviceError, GenerationSettings, Ima
 from pam_core import cli
 from pam_core.tasks import resolve_task
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pam_tiny"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="golden fixture ../shared/fixtures/pam_tiny is absent")
+from conftest import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 CHECKPOINT = FIXTURE / "checkpoint"

@@ -6,7 +6,6 @@ fixture image and one multi-region describe call are module fixtures that severa
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from pam_core import PAM, GenerationSettings, Region
 from pam_core.io import load_image, load_mask
 from pam_core.tasks import parse_output, resolve_task
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pam_tiny"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="golden fixture ../shared/fixtures/pam_tiny is absent")
+from conftest import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 WIDTH, HEIGHT = 640, 480
