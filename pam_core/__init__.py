@@ -1,12 +1,12 @@
 """pam_core: the Perceive Anything Model (PAM) as a library — masks and text for image regions."""
 
 from .engine import PAM, GenerationSettings, RegionAnalysis, RegionResult
-from .errors import (CheckpointError, DeviceError, ImageError, PAMError, PromptError, TaskError,
-                     WeightsNotFoundError)
+from .errors import (CheckpointError, DeviceError, ImageError, PAMError, PromptError, SettingsError,
+                     TaskError, WeightsNotFoundError)
 from .prompts import Region
 from .tasks import LANGUAGES, TASK_NAMES
 
 __all__ = [
     "PAM", "GenerationSettings", "RegionAnalysis", "RegionResult", "Region", "TASK_NAMES", "LANGUAGES",
-    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "TaskError", "WeightsNotFoundError",
+    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError", "WeightsNotFoundError",
 ]

@@ -91,7 +91,10 @@ def cmd_describe(args) -> int:
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
     from .tasks import resolve_task
 
-    resolve_task(args.task, args.lang)  # fail on a bad task before loading anything
+    resolve_task(args.task, args.lang)  # fail on a bad task or setting before loading anything
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                  temperature=args.temperature, top_p=args.top_p,
+                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
     image = load_image(args.image)
     regions = [region.validated(image.width, image.height) for region in _regions(args)]  # before the slow load
     out = Path(args.out)
@@ -104,9 +107,6 @@ def cmd_describe(args) -> int:
                   local_files_only=True if args.local_files_only else None)
     pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
     _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
     results = pam.describe(image, regions, task=args.task, lang=args.lang, generation=settings,
                            progress=lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)"))
     records = []

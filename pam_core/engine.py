@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig
 
 from . import checkpoint
+from .errors import SettingsError
 from .io import ImageLike, load_image
 from .model import PAMModel
 from .prompts import Box, Region, RegionLike, as_region, mask_box
@@ -38,6 +39,15 @@ class GenerationSettings:
     top_k: Optional[int] = None
     repetition_penalty: Optional[float] = None
     seed: Optional[int] = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise SettingsError(f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens, got "
+                                f"{self.max_new_tokens} and {self.min_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise SettingsError(f"sampling needs a temperature > 0, got {self.temperature}")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise SettingsError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass

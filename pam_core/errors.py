@@ -17,6 +17,10 @@ class TaskError(PAMError, ValueError):
     """The task is neither a known task name nor a free instruction."""
 
 
+class SettingsError(PAMError, ValueError):
+    """A generation setting is out of range."""
+
+
 class CheckpointError(PAMError):
     """A PAM or SAM 2 checkpoint is incomplete, of the wrong kind, or does not fit its config."""
 

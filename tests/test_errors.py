@@ -351,3 +351,11 @@ def test_bad_device_or_dtype(capsys, tmp_path, device, dtype, fragment):
         line = _cli(capsys, tmp_path / "out", str(IMAGE), "--box", "70,110,270,340", *CLI_MODEL,
                     "--device", device, "--dtype", dtype)
         assert fragment in line
+
+
+@pytest.mark.parametrize("args", [["--max-new-tokens", "0"], ["--sample", "--temperature", "0"],
+                                  ["--repetition-penalty", "-1"]])
+def test_bad_generation_settings_cli(capsys, tmp_path, args):
+    line = _cli(capsys, tmp_path / "out", str(IMAGE), "--box", "70,110,270,340", *CLI_MODEL, *args)
+    assert "must" in line or "need" in line
+    assert not (tmp_path / "out").exists()
