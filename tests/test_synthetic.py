@@ -56,3 +56,13 @@ def pam_task(name):
     from pam_core.tasks import resolve_task
 
     return resolve_task(name, "en")
+
+
+def test_sam2_weights_load_from_safetensors_too(pam, synthetic_checkpoint):
+    from safetensors.torch import save_file
+
+    folder, sam2 = synthetic_checkpoint
+    converted = sam2.with_suffix(".safetensors")  # beside the .pt, so the same-named yaml is found
+    save_file(torch.load(sam2, map_location="cpu", weights_only=True)["model"], str(converted))
+    other = PAM.from_pretrained(folder, sam2=converted, device="cpu", local_files_only=True)
+    assert torch.equal(other.encode(IMAGE)[1].image_embed, pam.encode(IMAGE)[1].image_embed)
