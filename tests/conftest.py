@@ -14,6 +14,17 @@ needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture
 
 
 @pytest.fixture(scope="session")
+def pam():
+    """The golden fixture's checkpoint, loaded once for every test that reads it (tests must not modify it)."""
+    if not FIXTURE.is_dir():
+        pytest.skip(f"golden fixture {FIXTURE} is absent")
+    from pam_core import PAM
+
+    return PAM.from_pretrained(FIXTURE / "checkpoint", sam2=FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt",
+                               device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="session")
 def synthetic_checkpoint(tmp_path_factory):
     """A self-contained random-weight PAM (single-file layout) and its tiny SAM 2, written by pam_core."""
     from pam_core.synthetic import write_random_checkpoint, write_random_sam2

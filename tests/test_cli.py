@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import FIXTURE, needs_fixture
-from pam_core import PAM, GenerationSettings, Region
+from pam_core import GenerationSettings, Region
 
 pytestmark = needs_fixture
 MODEL_ARGS = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
@@ -54,11 +54,9 @@ def test_describe_writes_results_masks_and_overlay(cli_run):
     assert "region 1/2" in proc.stderr  # progress on stderr
 
 
-def test_describe_matches_the_api(cli_run):
+def test_describe_matches_the_api(cli_run, pam):
     proc, out = cli_run
     records = json.loads((out / "results.json").read_text())
-    pam = PAM.from_pretrained(FIXTURE / "checkpoint", sam2=FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt",
-                              device="cpu", local_files_only=True)
     results = pam.describe(IMAGE, [Region.from_box([70, 110, 270, 340]),
                                    Region.from_points([[470, 150], [430, 200], [150, 220]], [1, 1, 0])],
                            task="definition", generation=GenerationSettings(max_new_tokens=6))

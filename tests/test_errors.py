@@ -32,11 +32,6 @@ CLI_MODEL = ["--model", str(CHECKPOINT), "--sam2", str(SAM2), "--device", "cpu",
 
 
 @pytest.fixture(scope="module")
-def pam():
-    return PAM.from_pretrained(CHECKPOINT, **LOCAL)
-
-
-@pytest.fixture(scope="module")
 def features(pam):
     return pam.encode(IMAGE)[1]
 

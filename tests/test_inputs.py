@@ -46,12 +46,6 @@ INDEX = {name: i for i, name in enumerate(REGIONS)}
 
 
 @pytest.fixture(scope="module")
-def pam():
-    return PAM.from_pretrained(FIXTURE / "checkpoint", sam2=FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt",
-                               device="cpu", local_files_only=True)
-
-
-@pytest.fixture(scope="module")
 def rgb() -> np.ndarray:
     """The fixture image as uint8 HxWx3 (it is an 8-bit RGB PNG)."""
     with Image.open(IMAGE) as img:

@@ -13,25 +13,25 @@ SETTINGS = GenerationSettings(max_new_tokens=6, min_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
-def pam(synthetic_checkpoint):
+def synthetic_pam(synthetic_checkpoint):
     folder, sam2 = synthetic_checkpoint
     return PAM.from_pretrained(folder, sam2=sam2, device="cpu", local_files_only=True)
 
 
-def test_both_checkpoint_layouts_load_to_the_same_model(pam, synthetic_checkpoint, tmp_path):
+def test_both_checkpoint_layouts_load_to_the_same_model(synthetic_pam, synthetic_checkpoint, tmp_path):
     folder, sam2 = synthetic_checkpoint
     sharded = write_random_checkpoint(tmp_path / "sharded", sharded=True, sam2_weights=sam2)
     assert (sharded / "model.safetensors.index.json").is_file() and not (sharded / "model.safetensors").exists()
     other = PAM.from_pretrained(sharded, sam2=sam2, device="cpu", local_files_only=True)
-    a = pam.describe(IMAGE, REGIONS, task="brief", generation=SETTINGS)
+    a = synthetic_pam.describe(IMAGE, REGIONS, task="brief", generation=SETTINGS)
     b = other.describe(IMAGE, REGIONS, task="brief", generation=SETTINGS)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
 
 
-def test_describe_is_deterministic_and_complete(pam):
-    first = pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
-    second = pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
+def test_describe_is_deterministic_and_complete(synthetic_pam):
+    first = synthetic_pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
+    second = synthetic_pam.describe(IMAGE, REGIONS, task="detailed", generation=SETTINGS)
     assert [r.token_ids for r in first] == [r.token_ids for r in second]
     for result in first:
         assert result.mask.shape == (120, 160) and result.mask.dtype == bool
@@ -40,14 +40,14 @@ def test_describe_is_deterministic_and_complete(pam):
         assert set(result.to_dict()) >= {"box", "mask_score", "object_score", "text", "task", "lang"}
 
 
-def test_visual_embedding_layout(pam):
-    _, features = pam.encode(IMAGE)
-    analysis = pam.analyze(features, REGIONS[0])
-    hidden = pam.model.config.llm.hidden_size
+def test_visual_embedding_layout(synthetic_pam):
+    _, features = synthetic_pam.encode(IMAGE)
+    analysis = synthetic_pam.analyze(features, REGIONS[0])
+    hidden = synthetic_pam.model.config.llm.hidden_size
     assert analysis.visual_embeds.shape == (1024 + 1 + 16 + 1, hidden)
-    assert torch.equal(analysis.visual_embeds[1024], pam.model.image_newline)
-    assert torch.equal(analysis.visual_embeds[-1], pam.model.semT_newline)
-    embeds, ids = pam.model.prompt_embeds(pam_task("category"), analysis.visual_embeds)
+    assert torch.equal(analysis.visual_embeds[1024], synthetic_pam.model.image_newline)
+    assert torch.equal(analysis.visual_embeds[-1], synthetic_pam.model.semT_newline)
+    embeds, ids = synthetic_pam.model.prompt_embeds(pam_task("category"), analysis.visual_embeds)
     assert ids.count(-200) == 1
     assert embeds.shape[0] == len(ids) - 1 + 1042
 
@@ -58,11 +58,11 @@ def pam_task(name):
     return resolve_task(name, "en")
 
 
-def test_sam2_weights_load_from_safetensors_too(pam, synthetic_checkpoint):
+def test_sam2_weights_load_from_safetensors_too(synthetic_pam, synthetic_checkpoint):
     from safetensors.torch import save_file
 
     folder, sam2 = synthetic_checkpoint
     converted = sam2.with_suffix(".safetensors")  # beside the .pt, so the same-named yaml is found
     save_file(torch.load(sam2, map_location="cpu", weights_only=True)["model"], str(converted))
     other = PAM.from_pretrained(folder, sam2=converted, device="cpu", local_files_only=True)
-    assert torch.equal(other.encode(IMAGE)[1].image_embed, pam.encode(IMAGE)[1].image_embed)
+    assert torch.equal(other.encode(IMAGE)[1].image_embed, synthetic_pam.encode(IMAGE)[1].image_embed)
