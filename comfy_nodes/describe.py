@@ -1,0 +1,154 @@
+"""The nodes that ask PAM about regions: prompts or masks in, masks and text out (thin over pam_core)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management as mm
+import comfy.utils
+from pam_core import LANGUAGES, TASK_NAMES, GenerationSettings, PromptError, Region, TaskError
+
+from .loader import LoadedPAM, PamModel
+from .prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from .regions import PAMRegions
+
+PamRegions = io.Custom("PAM_REGIONS")
+CUSTOM_TASK = "custom instruction"
+
+RegionsForImage = Callable[[int, int, int], list[Region]]  # (image index, height, width) -> regions
+
+
+def text_inputs() -> list:
+    """Task, language and length inputs shared by every describe node."""
+    return [
+        io.Combo.Input("task", options=[*TASK_NAMES, CUSTOM_TASK], default="brief",
+                       tooltip="category: a label; definition: label + definition; brief / detailed: a caption; "
+                               "custom instruction: the instruction text below."),
+        io.Combo.Input("lang", options=list(LANGUAGES), default="en", tooltip="Language of the text (en, zh)."),
+        io.String.Input("instruction", default="", multiline=False, optional=True,
+                        tooltip="Your own instruction (several words), used when task is 'custom instruction'."),
+        io.Int.Input("max_new_tokens", default=512, min=1, max=4096, optional=True,
+                     tooltip="Longest text per region, in tokens (generation is greedy, so results repeat)."),
+    ]
+
+
+def region_outputs() -> list:
+    return [io.Mask.Output(display_name="masks", tooltip="One mask per region, image by image [N, H, W]."),
+            io.String.Output(display_name="captions", tooltip="One line of text per region."),
+            PamRegions.Output(display_name="regions", tooltip="Masks, boxes, scores and texts for the "
+                                                                "Regions to Text / JSON and Overlay nodes.")]
+
+
+def resolve_task(task: str, instruction: str | None) -> str:
+    if task != CUSTOM_TASK:
+        return task
+    if not (instruction or "").strip():
+        raise TaskError("task is 'custom instruction' but the instruction text is empty")
+    return instruction.strip()
+
+
+def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, regions_for_image: RegionsForImage, task: str,
+                   lang: str, max_new_tokens: int) -> io.NodeOutput:
+    """Every image of an IMAGE batch [B, H, W, C] with its regions through pam.describe; one progress step
+    per region, interruption checked before each."""
+    batch, height, width = image.shape[0], image.shape[1], image.shape[2]
+    prompts = [regions_for_image(i, height, width) for i in range(batch)]
+    total = sum(map(len, prompts))
+    if total == 0:
+        raise PromptError("no region to describe: click on the image in the editor (left = positive point, "
+                          "right = negative point, drag = box), or connect points, bboxes or a mask")
+    bar = comfy.utils.ProgressBar(total)
+    done = 0
+
+    def progress(index: int, _count: int, _message: str) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done + index)
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    per_image = []
+    with pam_model.running() as pam:
+        for i, regions in enumerate(prompts):
+            per_image.append(pam.describe(image[i], regions, task=task, lang=lang, generation=settings,
+                                          progress=progress) if regions else [])
+            done += len(regions)
+    found = PAMRegions(per_image, [(height, width)] * batch)
+    captions = "\n".join(found.lines())
+    return io.NodeOutput(found.masks(), captions, found, ui=ui.PreviewText(captions))
+
+
+class PAMSegmentDescribe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PAMSegmentDescribe", display_name="PAM Segment & Describe", category="PAM",
+            description="Segments the clicked or connected regions with SAM 2 and describes each with PAM. "
+                        "In the editor: left-click = positive point, right-click = negative point, drag = box. "
+                        "Each box is one region; all points together are one region (or one per positive "
+                        "point); every mask of the optional mask input is one region. The same prompts apply "
+                        "to every image of a batch.",
+            inputs=[
+                PamModel.Input("pam_model"),
+                io.Image.Input("image"),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip='Set by the editor: {"positive": [{"x":..,"y":..}], "negative": [...], '
+                                        '"boxes": [[x0,y0,x1,y1]]} in image pixels. A KJNodes point list works too.'),
+                *text_inputs(),
+                io.Boolean.Input("each_point_is_a_region", default=False, optional=True,
+                                 tooltip="On: every positive point is its own region (negative points apply to "
+                                         "all). Off: all points describe one region."),
+                io.String.Input("positive_points", force_input=True, optional=True,
+                                tooltip='Positive points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+                io.String.Input("negative_points", force_input=True, optional=True,
+                                tooltip='Negative points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+                io.BBOX.Input("bboxes", optional=True, tooltip="Boxes [x0, y0, x1, y1] in pixels; each is a region."),
+                io.Mask.Input("mask", optional=True, tooltip="Masks [B, H, W]; each is a region (resized to the "
+                                                            "image if needed)."),
+            ],
+            outputs=region_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, prompt, task, lang, instruction="", max_new_tokens=512,
+                each_point_is_a_region=False, positive_points=None, negative_points=None, bboxes=None,
+                mask=None) -> io.NodeOutput:
+        prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
+                                                 parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
+        clicked = prompts.regions(each_point_is_a_region)
+
+        def regions_for_image(_index: int, height: int, width: int) -> list[Region]:
+            given = masks_for_image(mask, height, width) if mask is not None else []
+            return clicked + [Region(mask=m) for m in given]
+
+        return describe_batch(pam_model, image, regions_for_image, resolve_task(task, instruction), lang,
+                              max_new_tokens)
+
+
+class PAMDescribeMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PAMDescribeMasks", display_name="PAM Describe Masks", category="PAM",
+            description="Describes regions given as masks from any segmenter. With one image every mask is a "
+                        "region of it; with a batch of B images and B masks, mask i belongs to image i.",
+            inputs=[PamModel.Input("pam_model"), io.Image.Input("image"),
+                    io.Mask.Input("mask", tooltip="Masks [N, H, W], resized to the image when their size differs."),
+                    *text_inputs()],
+            outputs=region_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, mask, task, lang, instruction="", max_new_tokens=512) -> io.NodeOutput:
+        masks = mask if mask.ndim == 3 else mask[None]
+        if image.shape[0] > 1 and masks.shape[0] != image.shape[0]:
+            raise PromptError(f"{image.shape[0]} images but {masks.shape[0]} masks: give one image with any number "
+                              f"of masks, or one mask per image")
+
+        def regions_for_image(index: int, height: int, width: int) -> list[Region]:
+            mine = masks if image.shape[0] == 1 else masks[index:index + 1]
+            return [Region(mask=m) for m in masks_for_image(mine, height, width)]
+
+        return describe_batch(pam_model, image, regions_for_image, resolve_task(task, instruction), lang,
+                              max_new_tokens)
