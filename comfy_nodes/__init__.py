@@ -1,19 +1,5 @@
-"""ComfyUI node pack for PAM (prompt -> mask -> caption graphs): V3 nodes, thin over pam_core."""
+"""ComfyUI node pack for PAM (prompt -> mask -> caption graphs): V3 nodes, thin over pam_core.
 
-from comfy_api.latest import ComfyExtension, io
-
-from .describe import PAMDescribeMasks, PAMSegmentDescribe
-from .loader import PAMModelLoader, register_model_folders
-from .output import PAMOverlay, PAMRegionsToText
-
-NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMRegionsToText, PAMOverlay]
-
-
-class PAMExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return NODES
-
-
-async def comfy_entrypoint() -> PAMExtension:
-    register_model_folders()
-    return PAMExtension()
+`extension` holds ComfyUI's entry point (it imports ComfyUI, so it is only imported by ComfyUI); `prompts`
+and `regions` are plain translations that work without ComfyUI.
+"""

@@ -108,6 +108,7 @@ class PAMSegmentDescribe(io.ComfyNode):
                                                             "image if needed)."),
             ],
             outputs=region_outputs(),
+            is_output_node=True,  # runs on its own and shows the captions on the node
         )
 
     @classmethod
@@ -137,6 +138,7 @@ class PAMDescribeMasks(io.ComfyNode):
                     io.Mask.Input("mask", tooltip="Masks [N, H, W], resized to the image when their size differs."),
                     *text_inputs()],
             outputs=region_outputs(),
+            is_output_node=True,  # runs on its own and shows the captions on the node
         )
 
     @classmethod

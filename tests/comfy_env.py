@@ -140,3 +140,15 @@ def post_json(url: str, data) -> dict:
     request = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
+
+
+def use_fixture_model(prompt: dict, max_new_tokens: int) -> dict:
+    """The prompt with every PAM loader set to the fixture checkpoint and every PAM text node limited to
+    `max_new_tokens` (the random-weight fixture model writes gibberish; short keeps the tests fast)."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "PAMModelLoader":
+            inputs.update(model=CHECKPOINT_NAME, sam2=SAM2_NAME)
+        if node["class_type"].startswith("PAM") and "max_new_tokens" in inputs:
+            inputs["max_new_tokens"] = max_new_tokens
+    return prompt

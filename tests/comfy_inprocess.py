@@ -2,9 +2,10 @@
 test_comfy_nodes.py in a child process, so ComfyUI's global state never touches the test process).
 
 usage: python comfy_inprocess.py COMFY_DIR BASE_DIR JOBS_JSON RESULT_JSON
-JOBS_JSON: {"prompts": {name: API prompt}, "workflows": {name: UI workflow}}; workflows are converted with
-the loaded node definitions. RESULT_JSON gets, per name, the converted prompt, validation errors, success,
-the executor's status messages and the UI outputs of every node.
+JOBS_JSON: {"prompts": {name: API prompt}, "workflows": {name: UI workflow}, "max_new_tokens": N}; workflows
+are converted with the loaded node definitions and set to the fixture checkpoint. All prompts run on one
+executor (its cache keeps the loaded model). RESULT_JSON gets, per name, the prompt, validation errors,
+success, the executor's status messages and the UI outputs of every node.
 """
 
 import asyncio
@@ -13,21 +14,20 @@ import os
 import sys
 
 
-class RecordingServer:
-    """What PromptExecutor needs from PromptServer: it records the messages a client would receive."""
+class NoClientServer:
+    """What PromptExecutor needs from PromptServer (no client listens; the executor keeps status messages)."""
 
     def __init__(self):
         self.client_id = None
         self.last_node_id = None
-        self.messages = []
 
     def send_sync(self, event, data, sid=None):
-        self.messages.append([event, data if isinstance(data, dict) else repr(data)])
+        pass
 
 
 def main(comfy_dir, base, jobs_path, result_path):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from comfy_env import comfy_args, workflow_to_prompt
+    from comfy_env import comfy_args, use_fixture_model, workflow_to_prompt
 
     sys.path.insert(0, comfy_dir)
     os.chdir(comfy_dir)
@@ -46,18 +46,18 @@ def main(comfy_dir, base, jobs_path, result_path):
         return node.INPUT_TYPES() if node is not None else None
 
     prompts = dict(jobs.get("prompts", {}))
-    prompts.update({name: workflow_to_prompt(flow, input_types) for name, flow in jobs.get("workflows", {}).items()})
+    prompts.update({name: use_fixture_model(workflow_to_prompt(flow, input_types), jobs["max_new_tokens"])
+                    for name, flow in jobs.get("workflows", {}).items()})
     results = {"loaded_pam_nodes": sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n.startswith("PAM"))}
+    server = NoClientServer()
+    executor = execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0})
     for name, prompt in prompts.items():
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(name, prompt, None))
         entry = {"prompt": prompt, "valid": valid, "error": error, "node_errors": node_errors}
         if valid:
-            server = RecordingServer()
-            executor = execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0})
             executor.execute(prompt, name, {}, outputs)
             entry.update(success=executor.success, status=executor.status_messages,
-                         outputs=executor.history_result.get("outputs", {}),
-                         events=sorted({event for event, _ in server.messages}))
+                         outputs=executor.history_result.get("outputs", {}))
         results[name] = entry
     with open(result_path, "w", encoding="utf-8") as out:
         json.dump(results, out, default=repr)
