@@ -30,13 +30,13 @@ async function main() {
       const graph = window.app.graph;
       graph.clear();
       const load = window.LiteGraph.createNode("LoadImage");
-      load.pos = [20, 60];
+      load.pos = [90, 110];
       graph.add(load);
       load.widgets.find((w) => w.name === "image").value = "pam_example.png";
       const pam = window.LiteGraph.createNode("PAMSegmentDescribe");
-      pam.pos = [360, 20];
+      pam.pos = [430, 90];
       graph.add(pam);
-      pam.setSize([520, 820]);
+      pam.setSize([520, 780]);
       load.connect(0, pam, pam.inputs.findIndex((i) => i.name === "image"));
       window.app.canvas.ds.offset = [0, 0];
       window.app.canvas.ds.scale = 1;
@@ -75,7 +75,7 @@ async function main() {
         widget_value: widget.value,
         text_box_value: textBox ? textBox.value : null,
         api_prompt_value: apiPrompt.output[String(id)].inputs.prompt,
-        workflow_widgets_values: apiPrompt.workflow.nodes.find((n) => n.id === id).widgets_values,
+        workflow_widgets_values: apiPrompt.workflow.nodes.find((n) => String(n.id) === String(id)).widgets_values,
       };
     }, result.node_id));
     result.status_text = await editor.locator("span").first().textContent();

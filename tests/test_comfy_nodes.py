@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -290,8 +291,13 @@ def test_server_runs_click_to_caption(servers):
     assert len(executed["6"]["text"][0].splitlines()) == 2
     [saved] = executed["5"]["images"]
     assert (base / "output" / saved["subfolder"] / saved["filename"]).is_file()
-    history = get_json(f"{url}/history/{prompt_id}")[prompt_id]
-    assert history["status"]["status_str"] == "success"
+    history = {}
+    for _ in range(100):  # the history entry is stored just after the success message
+        history = get_json(f"{url}/history/{prompt_id}")
+        if history:
+            break
+        time.sleep(0.1)
+    assert history[prompt_id]["status"]["status_str"] == "success"
 
 
 @needs_comfyui
