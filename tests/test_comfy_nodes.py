@@ -281,6 +281,7 @@ def test_server_runs_click_to_caption(servers):
     stats = get_json(f"{url}/system_stats")
     assert stats["system"]["comfyui_version"] == "0.3.75"
     assert "/extensions/pam-suite/pam_prompt_editor.js" in get_json(f"{url}/extensions")
+    assert get_json(f"{url}/api/workflow_templates")["pam-suite"] == ["click_to_caption"]
     prompt = server_prompt(url, "click_to_caption")
     prompt_id, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt), 900))
     kinds = [m["type"] for m in messages]

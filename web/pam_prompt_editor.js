@@ -205,8 +205,12 @@ class PromptEditor {
       for (const p of prompt?.[kind] ?? []) {
         const [x, y] = Array.isArray(p) ? p : [p.x, p.y];
         ctx.beginPath();
-        ctx.arc(px(x), py(y), 5, 0, 2 * Math.PI);
+        ctx.arc(px(x), py(y), 6, 0, 2 * Math.PI);
         ctx.fill();
+        ctx.lineWidth = 3; // dark then light ring: visible on any background
+        ctx.strokeStyle = "#000";
+        ctx.stroke();
+        ctx.lineWidth = 1.5;
         ctx.strokeStyle = "#fff";
         ctx.stroke();
       }
