@@ -100,7 +100,7 @@ class PAMModelLoader(io.ComfyNode):
                         "Local folders in models/pam and files in models/sam2 are listed; Hub ids load from the "
                         "Hugging Face cache, or download when download_from_hub is on.",
             inputs=[
-                io.Combo.Input("model", options=[*local_checkpoints(), *HUB_MODELS],
+                io.Combo.Input("model", options=[*sorted(local_checkpoints()), *HUB_MODELS],
                                tooltip="A PAM checkpoint folder under models/pam, or a Hub id."),
                 io.Combo.Input("sam2", options=[*local_sam2_files(), DEFAULT_SAM2],
                                tooltip="SAM 2.1 weights (.pt or .safetensors) under models/sam2, or a Hub id. "

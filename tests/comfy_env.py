@@ -28,6 +28,7 @@ EXAMPLES = REPO / "example_workflows"
 EXAMPLE_IMAGE = "pam_example.png"  # the name the example workflows load from ComfyUI's input folder
 PACK_NAME = "pam-suite"
 CHECKPOINT_NAME = "pam_tiny"
+EXTRA_CHECKPOINT_NAME = "PAM-tiny/pam_tiny"
 SAM2_NAME = "sam2.1_hiera_pamtiny.pt"
 
 needs_comfyui = pytest.mark.skipif(
@@ -37,8 +38,8 @@ needs_comfyui = pytest.mark.skipif(
 
 def make_base(root: Path) -> Path:
     """A ComfyUI base directory: this repository as a custom node pack, the fixture checkpoint in
-    models/pam, its SAM 2 weights in models/sam2, the fixture image in input/, and UI settings that skip
-    the first-run templates dialog."""
+    models/pam (and once more through extra_model_paths.yaml), its SAM 2 weights in models/sam2, the fixture
+    image in input/, and UI settings that skip the first-run templates dialog."""
     (root / "custom_nodes").mkdir(parents=True)
     (root / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
     (root / "models" / "pam").mkdir(parents=True)
@@ -46,6 +47,12 @@ def make_base(root: Path) -> Path:
     (root / "models" / "sam2").mkdir(parents=True)
     for name in (SAM2_NAME, Path(SAM2_NAME).with_suffix(".yaml").name):
         (root / "models" / "sam2" / name).symlink_to(FIXTURE / "sam2" / name)
+    # a second checkpoint in a Hub-layout folder (repo folder / checkpoint folder) that only
+    # extra_model_paths.yaml names
+    nested = root / "shared_models" / "pam" / EXTRA_CHECKPOINT_NAME
+    nested.parent.mkdir(parents=True)
+    nested.symlink_to(FIXTURE / "checkpoint", target_is_directory=True)
+    (root / "extra_model_paths.yaml").write_text("shared:\n  base_path: shared_models\n  pam: pam\n")
     (root / "input").mkdir()
     shutil.copy(FIXTURE / "inputs" / "image.png", root / "input" / EXAMPLE_IMAGE)
     settings = root / "user" / "default" / "comfy.settings.json"
@@ -55,7 +62,8 @@ def make_base(root: Path) -> Path:
 
 
 def comfy_args(base: Path) -> list[str]:
-    return ["--cpu", "--base-directory", str(base), "--disable-api-nodes"]
+    return ["--cpu", "--base-directory", str(base), "--disable-api-nodes",
+            "--extra-model-paths-config", str(base / "extra_model_paths.yaml")]
 
 
 def is_widget(spec) -> bool:

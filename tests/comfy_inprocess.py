@@ -9,9 +9,11 @@ success, the executor's status messages and the UI outputs of every node.
 """
 
 import asyncio
+import itertools
 import json
 import os
 import sys
+from pathlib import Path
 
 
 class NoClientServer:
@@ -31,12 +33,16 @@ def main(comfy_dir, base, jobs_path, result_path):
 
     sys.path.insert(0, comfy_dir)
     os.chdir(comfy_dir)
-    sys.argv = ["main.py", *comfy_args(base)]
+    sys.argv = ["main.py", *comfy_args(Path(base))]
     import comfy.options
     comfy.options.enable_args_parsing()
-    import utils.extra_config  # noqa: F401  (ComfyUI's `utils` package must be imported first, as main.py does)
+    import utils.extra_config  # ComfyUI's `utils` package must be imported first, as main.py does
+    from comfy.cli_args import args
     import execution
     import nodes
+
+    for config in itertools.chain(*args.extra_model_paths_config):  # as main.py applies them
+        utils.extra_config.load_extra_path_config(config)
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     jobs = json.loads(open(jobs_path, encoding="utf-8").read())

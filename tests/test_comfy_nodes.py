@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_env import (ARTIFACTS, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, LATEST_FRONTEND, NODE_MODULES, comfy_server,
-                       get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
+from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, EXTRA_CHECKPOINT_NAME,
+                       LATEST_FRONTEND, NODE_MODULES, SAM2_NAME, comfy_server, get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
 from conftest import FIXTURE
 from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
 from pam_core import GenerationSettings, PromptError, Region
@@ -33,6 +33,7 @@ TOKENS = 16  # text length in the graph tests: the fixture model writes gibberis
 BOX = [70, 110, 270, 340]
 POINT = [460, 150]
 PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
+HUB_MODELS = ["Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B"]
 PAM_NODES = ["PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText", "PAMSegmentDescribe"]
 
 
@@ -111,9 +112,10 @@ JOBS = {
                "7": ("PAMDescribeMasks", {"pam_model": ["2", 0], "image": ["1", 0], "mask": ["4", 0],
                                           "task": "definition", **TEXT}),
                "8": ("PAMRegionsToText", {"regions": ["7", 2]})}),
-        # KJNodes-style inputs (points string, BBOX list) through a custom instruction in Chinese
+        # a KJNodes-style points string, a custom instruction in Chinese, the checkpoint from extra_model_paths.yaml
         "custom_instruction": api_prompt(
-            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
+               "2": ("PAMModelLoader", {**LOADER[1], "model": EXTRA_CHECKPOINT_NAME}),
                "3": ("PrimitiveString", {"value": json.dumps([{"x": POINT[0], "y": POINT[1]}])}),
                "4": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
                                             "positive_points": ["3", 0], "task": "custom instruction",
@@ -282,6 +284,9 @@ def test_server_runs_click_to_caption(servers):
     assert stats["system"]["comfyui_version"] == "0.3.75"
     assert "/extensions/pam-suite/pam_prompt_editor.js" in get_json(f"{url}/extensions")
     assert get_json(f"{url}/api/workflow_templates")["pam-suite"] == ["click_to_caption"]
+    loader = get_json(f"{url}/object_info/PAMModelLoader")["PAMModelLoader"]["input"]["required"]
+    assert loader["model"][1]["options"] == [EXTRA_CHECKPOINT_NAME, CHECKPOINT_NAME, *HUB_MODELS]  # sorted
+    assert loader["sam2"][1]["options"] == [SAM2_NAME, "facebook/sam2.1-hiera-large"]
     prompt = server_prompt(url, "click_to_caption")
     prompt_id, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt), 900))
     kinds = [m["type"] for m in messages]
