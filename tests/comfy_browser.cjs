@@ -47,30 +47,38 @@ async function main() {
     await page.waitForSelector(".pam-prompt-editor[data-image-loaded]", { timeout: 60000 });
     result.image_size = await editor.getAttribute("data-image-loaded");
     const canvas = editor.locator("canvas");
-    const box = await canvas.boundingBox();
-    const fit = await canvas.evaluate((c) => ({ w: c.clientWidth, h: c.clientHeight }));
     const [iw, ih] = result.image_size.split("x").map(Number);
-    const scale = Math.min(fit.w / iw, fit.h / ih);
-    const toPage = (x, y) => ({
-      x: box.x + ((fit.w - iw * scale) / 2 + x * scale) * (box.width / fit.w),
-      y: box.y + ((fit.h - ih * scale) / 2 + y * scale) * (box.height / fit.h),
-    });
-    const positive = toPage(...clicks.positive);
+    // Image pixels -> page pixels, measured anew before each action (the node may re-lay itself out).
+    result.canvas_boxes = []; // where the editor was at each action (diagnostics)
+    const toPage = async (x, y) => {
+      const box = await canvas.boundingBox();
+      result.canvas_boxes.push(box);
+      const fit = await canvas.evaluate((c) => ({ w: c.clientWidth, h: c.clientHeight }));
+      const scale = Math.min(fit.w / iw, fit.h / ih);
+      return {
+        x: box.x + ((fit.w - iw * scale) / 2 + x * scale) * (box.width / fit.w),
+        y: box.y + ((fit.h - ih * scale) / 2 + y * scale) * (box.height / fit.h),
+      };
+    };
+    const positive = await toPage(...clicks.positive);
     await page.mouse.click(positive.x, positive.y);
-    const negative = toPage(...clicks.negative);
+    await page.waitForTimeout(300);
+    const negative = await toPage(...clicks.negative);
     await page.mouse.click(negative.x, negative.y, { button: "right" });
-    const from = toPage(clicks.box[0], clicks.box[1]), to = toPage(clicks.box[2], clicks.box[3]);
+    await page.waitForTimeout(300);
+    const from = await toPage(clicks.box[0], clicks.box[1]), to = await toPage(clicks.box[2], clicks.box[3]);
     await page.mouse.move(from.x, from.y);
     await page.mouse.down();
     await page.mouse.move(to.x, to.y, { steps: 8 });
     await page.mouse.up();
     await page.waitForTimeout(300);
+    result.canvas_boxes.push(await canvas.boundingBox());
 
     Object.assign(result, await page.evaluate(async (id) => {
       const node = window.app.graph.getNodeById(id);
       const widget = node.widgets.find((w) => w.name === "prompt");
       const apiPrompt = await window.app.graphToPrompt();
-      const textBox = widget.inputEl ?? widget.element?.querySelector?.("textarea");
+      const textBox = widget.inputEl ?? document.querySelector(`[data-node-id="${id}"] textarea`);
       return {
         widget_value: widget.value,
         text_box_value: textBox ? textBox.value : null,

@@ -36,10 +36,11 @@ needs_comfyui = pytest.mark.skipif(
     reason="ComfyUI (bash scripts/test-setup/comfyui.sh) or the golden fixture is missing")
 
 
-def make_base(root: Path) -> Path:
+def make_base(root: Path, vue_nodes: bool = False) -> Path:
     """A ComfyUI base directory: this repository as a custom node pack, the fixture checkpoint in
     models/pam (and once more through extra_model_paths.yaml), its SAM 2 weights in models/sam2, the fixture
-    image in input/, and UI settings that skip the first-run templates dialog."""
+    image in input/, and UI settings that skip the first-run templates dialog and pick the node renderer
+    (LiteGraph canvas, or the Vue "Nodes 2.0" of newer frontends)."""
     (root / "custom_nodes").mkdir(parents=True)
     (root / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
     (root / "models" / "pam").mkdir(parents=True)
@@ -57,7 +58,7 @@ def make_base(root: Path) -> Path:
     shutil.copy(FIXTURE / "inputs" / "image.png", root / "input" / EXAMPLE_IMAGE)
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": False}))
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": vue_nodes}))
     return root
 
 

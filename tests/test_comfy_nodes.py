@@ -226,7 +226,8 @@ def test_errors_say_what_to_do(engine):
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """Starts ComfyUI for a frontend ("bundled" 1.32.9 or "latest"), one server at a time, stopped at the end."""
+    """Starts ComfyUI for a frontend ("bundled" 1.32.9, "latest", or "latest-vue" with the Vue node renderer),
+    one server at a time, stopped at the end."""
     running: dict = {}
     stack = contextlib.ExitStack()
 
@@ -234,8 +235,8 @@ def servers(tmp_path_factory):
         if frontend not in running:
             stack.close()
             running.clear()
-            base = make_base(tmp_path_factory.mktemp(f"comfy-server-{frontend}"))
-            root = LATEST_FRONTEND if frontend == "latest" else None
+            base = make_base(tmp_path_factory.mktemp(f"comfy-server-{frontend}"), vue_nodes=frontend.endswith("vue"))
+            root = LATEST_FRONTEND if frontend.startswith("latest") else None
             running[frontend] = (stack.enter_context(comfy_server(base, base / "server.log", root)), base)
         return running[frontend]
 
@@ -324,7 +325,7 @@ def test_server_interrupt_stops_between_regions(servers):
 
 @needs_comfyui
 @pytest.mark.skipif(not (NODE_MODULES / "playwright-core").is_dir(), reason="playwright-core is not installed")
-@pytest.mark.parametrize("frontend", ["bundled", "latest"])
+@pytest.mark.parametrize("frontend", ["bundled", "latest", "latest-vue"])
 def test_editor_clicks_reach_graph_to_prompt(servers, frontend):
     url, _ = servers(frontend)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -52,8 +52,14 @@ class PromptEditor {
     this.element = document.createElement("div");
     this.element.className = "pam-prompt-editor";
     this.element.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;";
+    // The canvas is positioned absolutely in a flexible frame so that its pixel size (set on every draw)
+    // never feeds back into the node's layout (Vue nodes size DOM widgets by their content).
+    const frame = document.createElement("div");
+    frame.style.cssText = "position:relative;flex:1;min-height:160px;";
     this.canvas = document.createElement("canvas");
-    this.canvas.style.cssText = "flex:1;min-height:0;width:100%;background:#111;border-radius:4px;cursor:crosshair;";
+    this.canvas.style.cssText = "position:absolute;inset:0;width:100%;height:100%;background:#111;" +
+      "border-radius:4px;cursor:crosshair;";
+    frame.append(this.canvas);
     const bar = document.createElement("div");
     bar.style.cssText = "display:flex;gap:6px;align-items:center;font:11px sans-serif;color:#aaa;";
     this.status = document.createElement("span");
@@ -63,7 +69,7 @@ class PromptEditor {
     clear.className = "pam-prompt-clear";
     clear.onclick = () => this.write({ positive: [], negative: [], boxes: [] });
     bar.append(this.status, clear);
-    this.element.append(this.canvas, bar);
+    this.element.append(frame, bar);
 
     this.image.onload = () => {
       this.element.dataset.imageLoaded = `${this.image.naturalWidth}x${this.image.naturalHeight}`;
@@ -72,7 +78,10 @@ class PromptEditor {
     this.canvas.addEventListener("pointerdown", (e) => this.onPointerDown(e));
     this.canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
     this.canvas.addEventListener("pointerup", (e) => this.onPointerUp(e));
-    this.canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+    this.canvas.addEventListener("contextmenu", (e) => { // right-click is ours, not the node menu's
+      e.preventDefault();
+      e.stopPropagation();
+    });
     // The image input and the prompt text may change at any time (links, typing, undo): follow them.
     this.timer = setInterval(() => this.refresh(), 400);
   }
