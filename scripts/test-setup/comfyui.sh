@@ -4,7 +4,7 @@
 #    unmodified) and extracted into the git-ignored build/comfyui/ComfyUI (never committed: GPL/AGPL code);
 #  - ComfyUI's Python requirements in ./.venv (torch/torchvision come from scripts/setup.sh);
 #  - the latest comfyui-frontend-package in build/comfyui/frontend-latest (the browser test runs both frontends);
-#  - Debian chromium and npm playwright-core for the headless browser test.
+#  - Debian chromium (and nodejs/npm when missing) and npm playwright-core for the headless browser test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=build/comfyui
@@ -30,12 +30,12 @@ PY
     touch "$comfy/.extracted"
 fi
 
-if [ ! -f "$root/.requirements-installed" ]; then
+# (checked by importing a few of them, so a re-created .venv gets them again)
+if ! .venv/bin/python -c "import torchsde, spandrel, alembic, requests, comfyui_frontend_package" 2>/dev/null; then
     # torch/torchvision stay as setup.sh installed them (torchaudio is optional); requests is imported by
     # ComfyUI's frontend manager but missing from its list.
     grep -vE '^(torch|torchvision|torchaudio)$' "$comfy/requirements.txt" > "$root/requirements.txt"
     "${pip[@]}" -r "$root/requirements.txt" requests
-    touch "$root/.requirements-installed"
 fi
 
 if [ ! -f "$root/frontend-latest/comfyui_frontend_package/static/index.html" ]; then
@@ -43,9 +43,12 @@ if [ ! -f "$root/frontend-latest/comfyui_frontend_package/static/index.html" ]; 
     "${pip[@]}" --no-deps --target "$root/frontend-latest" "comfyui-frontend-package==$latest_frontend"
 fi
 
-if ! command -v chromium >/dev/null; then
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
 fi
 
 if [ ! -f "$root/node_modules/playwright-core/package.json" ]; then
