@@ -9,7 +9,7 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 import comfy.utils
-from pam_core import LANGUAGES, TASK_NAMES, GenerationSettings, PromptError, Region, TaskError
+from pam_core import PAM, LANGUAGES, TASK_NAMES, GenerationSettings, PromptError, Region, RegionResult, TaskError
 
 from .loader import LoadedPAM, PamModel
 from .prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
@@ -18,7 +18,10 @@ from .regions import PAMRegions
 PamRegions = io.Custom("PAM_REGIONS")
 CUSTOM_TASK = "custom instruction"
 
-RegionsForImage = Callable[[int, int, int], list[Region]]  # (image index, height, width) -> regions
+# (engine, image index, that image [H, W, C], generation settings, progress callback) -> its regions
+DescribeImage = Callable[[PAM, int, torch.Tensor, GenerationSettings, Callable], list[RegionResult]]
+NO_REGION = ("no region to describe: click on the image in the editor (left = positive point, right = negative "
+             "point, drag = box), or connect points, bboxes or a mask")
 
 
 def text_inputs() -> list:
@@ -50,33 +53,40 @@ def resolve_task(task: str, instruction: str | None) -> str:
     return instruction.strip()
 
 
-def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, regions_for_image: RegionsForImage, task: str,
-                   lang: str, max_new_tokens: int) -> io.NodeOutput:
-    """Every image of an IMAGE batch [B, H, W, C] with its regions through pam.describe; one progress step
-    per region, interruption checked before each."""
+def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: DescribeImage,
+                   max_new_tokens: int) -> io.NodeOutput:
+    """Every image of an IMAGE batch [B, H, W, C] through `describe_image`; one progress step per region
+    (the total grows as images report their region counts), interruption checked before each region."""
     batch, height, width = image.shape[0], image.shape[1], image.shape[2]
-    prompts = [regions_for_image(i, height, width) for i in range(batch)]
-    total = sum(map(len, prompts))
-    if total == 0:
-        raise PromptError("no region to describe: click on the image in the editor (left = positive point, "
-                          "right = negative point, drag = box), or connect points, bboxes or a mask")
-    bar = comfy.utils.ProgressBar(total)
+    bar = comfy.utils.ProgressBar(batch)
     done = 0
 
-    def progress(index: int, _count: int, _message: str) -> None:
-        mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done + index)
+    def progress_of(image_index: int):
+        def progress(index: int, count: int, _message: str) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done + index, total=done + count * (batch - image_index))
+        return progress
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     per_image = []
     with pam_model.running() as pam:
-        for i, regions in enumerate(prompts):
-            per_image.append(pam.describe(image[i], regions, task=task, lang=lang, generation=settings,
-                                          progress=progress) if regions else [])
-            done += len(regions)
+        for i in range(batch):
+            per_image.append(describe_image(pam, i, image[i], settings, progress_of(i)))
+            done += len(per_image[-1])
     found = PAMRegions(per_image, [(height, width)] * batch)
     captions = "\n".join(found.lines())
     return io.NodeOutput(found.masks(), captions, found, ui=ui.PreviewText(captions))
+
+
+def describe_regions(regions: list[list[Region]], task: str, lang: str) -> DescribeImage:
+    """pam.describe on each image with its own regions (`regions[image index]`); none at all is an error."""
+    if not any(regions):
+        raise PromptError(NO_REGION)
+
+    def describe_image(pam, index, frame, settings, progress):
+        return pam.describe(frame, regions[index], task=task, lang=lang, generation=settings,
+                            progress=progress) if regions[index] else []
+    return describe_image
 
 
 class PAMSegmentDescribe(io.ComfyNode):
@@ -117,14 +127,11 @@ class PAMSegmentDescribe(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
                                                  parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
-        clicked = prompts.regions(each_point_is_a_region)
-
-        def regions_for_image(_index: int, height: int, width: int) -> list[Region]:
-            given = masks_for_image(mask, height, width) if mask is not None else []
-            return clicked + [Region(mask=m) for m in given]
-
-        return describe_batch(pam_model, image, regions_for_image, resolve_task(task, instruction), lang,
-                              max_new_tokens)
+        regions = prompts.regions(each_point_is_a_region)
+        if mask is not None:
+            regions += [Region(mask=m) for m in masks_for_image(mask, image.shape[1], image.shape[2])]
+        describe = describe_regions([regions] * image.shape[0], resolve_task(task, instruction), lang)
+        return describe_batch(pam_model, image, describe, max_new_tokens)
 
 
 class PAMDescribeMasks(io.ComfyNode):
@@ -148,9 +155,8 @@ class PAMDescribeMasks(io.ComfyNode):
             raise PromptError(f"{image.shape[0]} images but {masks.shape[0]} masks: give one image with any number "
                               f"of masks, or one mask per image")
 
-        def regions_for_image(index: int, height: int, width: int) -> list[Region]:
-            mine = masks if image.shape[0] == 1 else masks[index:index + 1]
-            return [Region(mask=m) for m in masks_for_image(mine, height, width)]
-
-        return describe_batch(pam_model, image, regions_for_image, resolve_task(task, instruction), lang,
-                              max_new_tokens)
+        height, width = image.shape[1], image.shape[2]
+        regions = [[Region(mask=m) for m in masks_for_image(masks if image.shape[0] == 1 else masks[i:i + 1],
+                                                            height, width)] for i in range(image.shape[0])]
+        describe = describe_regions(regions, resolve_task(task, instruction), lang)
+        return describe_batch(pam_model, image, describe, max_new_tokens)
