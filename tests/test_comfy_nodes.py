@@ -111,7 +111,8 @@ JOBS = {
                "6": ("SaveImage", {"images": ["5", 0], "filename_prefix": "batch_masks"}),
                "7": ("PAMDescribeMasks", {"pam_model": ["2", 0], "image": ["1", 0], "mask": ["4", 0],
                                           "task": "definition", **TEXT}),
-               "8": ("PAMRegionsToText", {"regions": ["7", 2]})}),
+               "8": ("PAMRegionsToText", {"regions": ["7", 2]}),
+               "9": ("PreviewAny", {"source": ["8", 1]})}),
         # a KJNodes-style points string, a custom instruction in Chinese, the checkpoint from extra_model_paths.yaml
         "custom_instruction": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
@@ -199,6 +200,8 @@ def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
         np.testing.assert_array_equal(saved[..., 0] > 127, result.mask)
     described = expected(pam, [Region.from_mask(r.mask) for r in found * 2], "definition")
     assert entry["outputs"]["8"]["text"] == ["\n".join(lines(described))]
+    [as_json] = entry["outputs"]["9"]["text"]  # the JSON output, shown by a core PreviewAny node
+    assert json.loads(as_json) == [{"image": 0, **r.to_dict()} for r in described]
 
 
 @needs_comfyui
