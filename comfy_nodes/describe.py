@@ -64,7 +64,8 @@ def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: De
     def progress_of(image_index: int):
         def progress(index: int, count: int, _message: str) -> None:
             mm.throw_exception_if_processing_interrupted()
-            bar.update_absolute(done + index, total=done + count * (batch - image_index))
+            if count:  # 0 while the regions are still being found
+                bar.update_absolute(done + index, total=done + count * (batch - image_index))
         return progress
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
