@@ -125,6 +125,11 @@ JOBS = {
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
                "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
                                             "task": "brief", **TEXT})}),
+        "download_while_offline": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
+               "2": ("PAMModelLoader", {**LOADER[1], "model": "Perceive-Anything/PAM-3B", "download_from_hub": True}),
+               "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": PROMPT,
+                                            "task": "brief", **TEXT})}),
         "weights_missing": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
                "2": ("PAMModelLoader", {**LOADER[1], "model": "Perceive-Anything/PAM-3B"}),
@@ -223,6 +228,8 @@ def test_errors_say_what_to_do(engine):
     message = missing["exception_message"]
     assert "PAM-3B" in message and "HF_HUB_OFFLINE" in message
     assert str(base / "models" / "pam") in message and str(base / "models" / "sam2") in message
+    offline = execution_error(results["download_while_offline"])["exception_message"]
+    assert "downloads are disabled (HF_HUB_OFFLINE=1" in offline  # the switch never overrides HF_HUB_OFFLINE
 
 
 # --- (b) the HTTP server --------------------------------------------------------------------------------
