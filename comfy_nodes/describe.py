@@ -9,7 +9,9 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 import comfy.utils
-from pam_core import PAM, LANGUAGES, TASK_NAMES, GenerationSettings, PromptError, Region, RegionResult, TaskError
+from pam_core import (PAM, LANGUAGES, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region,
+                      RegionResult, TaskError)
+from pam_core.automask import ORDERS
 
 from .loader import LoadedPAM, PamModel
 from .prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
@@ -35,6 +37,9 @@ def text_inputs() -> list:
                         tooltip="Your own instruction (several words), used when task is 'custom instruction'."),
         io.Int.Input("max_new_tokens", default=512, min=1, max=4096, optional=True,
                      tooltip="Longest text per region, in tokens (generation is greedy, so results repeat)."),
+        io.String.Input("more_tasks", default="", optional=True,
+                        tooltip="Further tasks for every region, comma-separated (e.g. 'category, detailed'); "
+                                "each region's image features are computed once for all of its texts."),
     ]
 
 
@@ -45,12 +50,17 @@ def region_outputs() -> list:
                                                                 "Regions to Text / JSON and Overlay nodes.")]
 
 
-def resolve_task(task: str, instruction: str | None) -> str:
-    if task != CUSTOM_TASK:
-        return task
-    if not (instruction or "").strip():
-        raise TaskError("task is 'custom instruction' but the instruction text is empty")
-    return instruction.strip()
+def resolve_tasks(task: str, instruction: str | None, more_tasks: str | None) -> list[str]:
+    """The task list pam.describe takes: the chosen task (or the custom instruction), then `more_tasks`."""
+    if task == CUSTOM_TASK:
+        if not (instruction or "").strip():
+            raise TaskError("task is 'custom instruction' but the instruction text is empty")
+        task = instruction.strip()
+    more = [name.strip() for name in (more_tasks or "").split(",") if name.strip()]
+    unknown = [name for name in more if name not in TASK_NAMES]
+    if unknown:
+        raise TaskError(f"more_tasks: {', '.join(map(repr, unknown))} not among {', '.join(TASK_NAMES)}")
+    return list(dict.fromkeys([task, *more]))
 
 
 def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: DescribeImage,
@@ -79,13 +89,13 @@ def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: De
     return io.NodeOutput(found.masks(), captions, found, ui=ui.PreviewText(captions))
 
 
-def describe_regions(regions: list[list[Region]], task: str, lang: str) -> DescribeImage:
+def describe_regions(regions: list[list[Region]], tasks: list[str], lang: str) -> DescribeImage:
     """pam.describe on each image with its own regions (`regions[image index]`); none at all is an error."""
     if not any(regions):
         raise PromptError(NO_REGION)
 
     def describe_image(pam, index, frame, settings, progress):
-        return pam.describe(frame, regions[index], task=task, lang=lang, generation=settings,
+        return pam.describe(frame, regions[index], task=tasks, lang=lang, generation=settings,
                             progress=progress) if regions[index] else []
     return describe_image
 
@@ -123,7 +133,7 @@ class PAMSegmentDescribe(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, pam_model, image, prompt, task, lang, instruction="", max_new_tokens=512,
+    def execute(cls, pam_model, image, prompt, task, lang, instruction="", max_new_tokens=512, more_tasks="",
                 each_point_is_a_region=False, positive_points=None, negative_points=None, bboxes=None,
                 mask=None) -> io.NodeOutput:
         prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
@@ -131,7 +141,7 @@ class PAMSegmentDescribe(io.ComfyNode):
         regions = prompts.regions(each_point_is_a_region)
         if mask is not None:
             regions += [Region(mask=m) for m in masks_for_image(mask, image.shape[1], image.shape[2])]
-        describe = describe_regions([regions] * image.shape[0], resolve_task(task, instruction), lang)
+        describe = describe_regions([regions] * image.shape[0], resolve_tasks(task, instruction, more_tasks), lang)
         return describe_batch(pam_model, image, describe, max_new_tokens)
 
 
@@ -150,7 +160,8 @@ class PAMDescribeMasks(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, pam_model, image, mask, task, lang, instruction="", max_new_tokens=512) -> io.NodeOutput:
+    def execute(cls, pam_model, image, mask, task, lang, instruction="", max_new_tokens=512,
+                more_tasks="") -> io.NodeOutput:
         masks = mask if mask.ndim == 3 else mask[None]
         if image.shape[0] > 1 and masks.shape[0] != image.shape[0]:
             raise PromptError(f"{image.shape[0]} images but {masks.shape[0]} masks: give one image with any number "
@@ -159,5 +170,46 @@ class PAMDescribeMasks(io.ComfyNode):
         height, width = image.shape[1], image.shape[2]
         regions = [[Region(mask=m) for m in masks_for_image(masks if image.shape[0] == 1 else masks[i:i + 1],
                                                             height, width)] for i in range(image.shape[0])]
-        describe = describe_regions(regions, resolve_task(task, instruction), lang)
+        describe = describe_regions(regions, resolve_tasks(task, instruction, more_tasks), lang)
         return describe_batch(pam_model, image, describe, max_new_tokens)
+
+
+class PAMDescribeEverything(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = AutoMaskSettings()
+        return io.Schema(
+            node_id="PAMDescribeEverything", display_name="PAM Describe Everything", category="PAM",
+            description="Finds the objects of each image without a prompt (SAM 2's automatic mask generation: a "
+                        "grid of points, quality thresholds, overlap removal) and describes each one like a box "
+                        "around it; largest (or surest) first.",
+            inputs=[
+                PamModel.Input("pam_model"), io.Image.Input("image"), *text_inputs(),
+                io.Int.Input("max_regions", default=defaults.max_regions, min=1, max=256, optional=True,
+                             tooltip="At most this many regions per image (the text is the slow part)."),
+                io.Combo.Input("order", options=list(ORDERS), default=defaults.order, optional=True,
+                               tooltip="Keep the largest regions (area) or those SAM 2 is surest of (score)."),
+                io.Int.Input("points_per_side", default=defaults.points_per_side, min=1, max=64, optional=True,
+                             tooltip="N x N grid of point prompts (SAM 2's generator uses 32; 16 is 4x faster)."),
+                io.Float.Input("pred_iou_thresh", default=defaults.pred_iou_thresh, min=0.0, max=1.0, step=0.01,
+                               optional=True, tooltip="Drop masks whose predicted IoU is lower."),
+                io.Float.Input("stability_score_thresh", default=defaults.stability_score_thresh, min=0.0, max=1.0,
+                               step=0.01, optional=True, tooltip="Drop masks that change when the threshold moves."),
+                io.Float.Input("min_area", default=defaults.min_area, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Drop regions smaller than this fraction of the image."),
+            ],
+            outputs=region_outputs(),
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, task, lang, instruction="", max_new_tokens=512, more_tasks="",
+                **automask) -> io.NodeOutput:
+        auto = AutoMaskSettings(**{name: value for name, value in automask.items() if value is not None})
+        tasks = resolve_tasks(task, instruction, more_tasks)
+
+        def describe_image(pam, _index, frame, settings, progress):
+            return pam.describe_everything(frame, task=tasks, lang=lang, generation=settings, auto=auto,
+                                           progress=progress)
+
+        return describe_batch(pam_model, image, describe_image, max_new_tokens)

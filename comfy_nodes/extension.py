@@ -2,11 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .describe import PAMDescribeMasks, PAMSegmentDescribe
+from .describe import PAMDescribeEverything, PAMDescribeMasks, PAMSegmentDescribe
 from .loader import PAMModelLoader, register_model_folders
 from .output import PAMOverlay, PAMRegionsToText
 
-NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMRegionsToText, PAMOverlay]
+NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMDescribeEverything, PAMRegionsToText, PAMOverlay]
 
 
 class PAMExtension(ComfyExtension):

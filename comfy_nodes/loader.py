@@ -116,12 +116,15 @@ class PAMModelLoader(io.ComfyNode):
                 io.Boolean.Input("download_from_hub", default=False,
                                  tooltip="Allow downloading missing Hub weights (several GB). Off: nothing is "
                                          "downloaded. HF_HUB_OFFLINE=1 always wins."),
+                io.Int.Input("max_batch", default=0, min=0, max=256, optional=True,
+                             tooltip="Regions (x tasks) generated together; 0 = automatic (8 on CPU, from free "
+                                     "memory on a GPU). Progress and Cancel act between batches."),
             ],
             outputs=[PamModel.Output(display_name="pam_model")],
         )
 
     @classmethod
-    def execute(cls, model, sam2, device, dtype, keep_loaded, download_from_hub) -> io.NodeOutput:
+    def execute(cls, model, sam2, device, dtype, keep_loaded, download_from_hub, max_batch=0) -> io.NodeOutput:
         local = local_checkpoints()
         if model not in local and model not in HUB_MODELS:
             raise WeightsNotFoundError(f"PAM checkpoint {model!r} is not in models/pam. {missing_weights_help()}")
@@ -135,7 +138,7 @@ class PAMModelLoader(io.ComfyNode):
         try:
             pam = PAM.from_pretrained(local.get(model, model), sam2=sam2_path or sam2, sam2_config=sam2_config,
                                       device=compute, dtype=_dtype(dtype, compute),
-                                      local_files_only=not download_from_hub or offline())
+                                      local_files_only=not download_from_hub or offline(), max_batch=max_batch or None)
         except WeightsNotFoundError as exc:
             raise WeightsNotFoundError(f"{exc}\n{missing_weights_help()}") from exc
         loaded = LoadedPAM(pam, compute, pam.model.dtype, mm.unet_offload_device(), keep_loaded)

@@ -30,8 +30,12 @@ class PAMRegions:
         return torch.from_numpy(np.stack(flat)).float()
 
     def lines(self) -> list[str]:
-        """One line per region (line breaks inside a text become spaces)."""
-        return [" ".join(r.text.split()) for _, r in self.flat()]
+        """One line per region (line breaks inside a text become spaces); with several tasks per region
+        "task: text | task: text"."""
+        def line(result: RegionResult) -> str:
+            texts = {task: " ".join(text.split()) for task, text in result.texts.items()}
+            return next(iter(texts.values())) if len(texts) == 1 else " | ".join(f"{t}: {x}" for t, x in texts.items())
+        return [line(r) for _, r in self.flat()]
 
     def to_json(self) -> list[dict]:
         return [{"image": image, **r.to_dict()} for image, r in self.flat()]

@@ -151,13 +151,22 @@ def post_json(url: str, data) -> dict:
         return json.loads(response.read())
 
 
+# The fixture's random-weight SAM 2 finds no object at SAM 2's real thresholds, and a 16 x 16 point grid
+# takes minutes on a shared 2-core CPU: Describe Everything runs with a 4 x 4 grid and open thresholds.
+FIXTURE_AUTOMASK = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_area=0.0,
+                        max_regions=3)
+
+
 def use_fixture_model(prompt: dict, max_new_tokens: int) -> dict:
-    """The prompt with every PAM loader set to the fixture checkpoint and every PAM text node limited to
-    `max_new_tokens` (the random-weight fixture model writes gibberish; short keeps the tests fast)."""
+    """The prompt with every PAM loader set to the fixture checkpoint, every PAM text node limited to
+    `max_new_tokens` (the fixture model writes gibberish; short keeps the tests fast) and Describe
+    Everything set to FIXTURE_AUTOMASK."""
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "PAMModelLoader":
             inputs.update(model=CHECKPOINT_NAME, sam2=SAM2_NAME)
+        if node["class_type"] == "PAMDescribeEverything":
+            inputs.update(FIXTURE_AUTOMASK)
         if node["class_type"].startswith("PAM") and "max_new_tokens" in inputs:
             inputs["max_new_tokens"] = max_new_tokens
     return prompt

@@ -23,18 +23,19 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, EXTRA_CHECKPOINT_NAME,
+from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, EXTRA_CHECKPOINT_NAME, FIXTURE_AUTOMASK,
                        LATEST_FRONTEND, NODE_MODULES, SAM2_NAME, comfy_server, get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
 from conftest import FIXTURE
 from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
-from pam_core import GenerationSettings, PromptError, Region
+from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
 
 TOKENS = 16  # text length in the graph tests: the fixture model writes gibberish, short keeps them fast
 BOX = [70, 110, 270, 340]
 POINT = [460, 150]
 PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
 HUB_MODELS = ["Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B"]
-PAM_NODES = ["PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText", "PAMSegmentDescribe"]
+PAM_NODES = ["PAMDescribeEverything", "PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText",
+             "PAMSegmentDescribe"]
 
 
 # --- prompt inputs (no ComfyUI needed) ---------------------------------------------------------------------
@@ -99,7 +100,7 @@ TEXT = {"lang": "en", "instruction": "", "max_new_tokens": TOKENS}
 
 JOBS = {
     "max_new_tokens": TOKENS,
-    "workflows": {"click_to_caption": load_example("click_to_caption")},
+    "workflows": {name: load_example(name) for name in ("click_to_caption", "describe_everything")},
     "prompts": {
         # a batch of two images: the same prompts on each, masks saved as PNGs, and the masks described again
         "batch_and_masks": api_prompt(
@@ -164,7 +165,11 @@ def expected(pam, regions, task, lang="en"):
 
 
 def lines(results) -> list[str]:
-    return [" ".join(r.text.split()) for r in results]
+    """One caption line per region, as the nodes write them ("task: text | task: text" for several tasks)."""
+    def line(r):
+        texts = [(task, " ".join(text.split())) for task, text in r.texts.items()]
+        return texts[0][1] if len(texts) == 1 else " | ".join(f"{task}: {text}" for task, text in texts)
+    return [line(r) for r in results]
 
 
 def saved_images(base: Path, ui_output: dict) -> list[np.ndarray]:
@@ -189,6 +194,21 @@ def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
     [overlay] = saved_images(base, entry["outputs"]["5"])
     original = np.asarray(Image.open(FIXTURE / "inputs" / "image.png").convert("RGB"))
     assert overlay.shape == original.shape and (overlay != original).any()
+
+
+@needs_comfyui
+def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engine, pam):
+    results, base = engine
+    entry = results["describe_everything"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.describe_everything(FIXTURE / "inputs" / "image.png", task=["category", "brief"],
+                                   generation=GenerationSettings(max_new_tokens=TOKENS),
+                                   auto=AutoMaskSettings(**FIXTURE_AUTOMASK))
+    assert want and all(r.prompt == "auto" for r in want)
+    assert entry["outputs"]["6"]["text"] == ["\n".join(lines(want))]
+    assert all(line.startswith("category: ") and " | brief: " in line for line in lines(want))
+    [overlay] = saved_images(base, entry["outputs"]["5"])
+    assert overlay.shape == (480, 640, 3)
 
 
 @needs_comfyui
@@ -294,7 +314,7 @@ def test_server_runs_click_to_caption(servers):
     stats = get_json(f"{url}/system_stats")
     assert stats["system"]["comfyui_version"] == "0.3.75"
     assert "/extensions/pam-suite/pam_prompt_editor.js" in get_json(f"{url}/extensions")
-    assert get_json(f"{url}/api/workflow_templates")["pam-suite"] == ["click_to_caption"]
+    assert sorted(get_json(f"{url}/api/workflow_templates")["pam-suite"]) == ["click_to_caption", "describe_everything"]
     loader = get_json(f"{url}/object_info/PAMModelLoader")["PAMModelLoader"]["input"]["required"]
     assert loader["model"][1]["options"] == [EXTRA_CHECKPOINT_NAME, CHECKPOINT_NAME, *HUB_MODELS]  # sorted
     assert loader["sam2"][1]["options"] == [SAM2_NAME, "facebook/sam2.1-hiera-large"]
@@ -322,13 +342,14 @@ def test_server_interrupt_stops_between_regions(servers):
     url, _ = servers("bundled")
     prompt = server_prompt(url, "click_to_caption")
     segment = prompt["3"]["inputs"]
-    segment["prompt"] = json.dumps({"positive": [{"x": x, "y": 150} for x in (100, 200, 300, 400, 500)]})
+    # 10 regions, 2 at a time: Cancel takes effect between batches of regions
+    segment["prompt"] = json.dumps({"positive": [{"x": 60 * i + 40, "y": 150} for i in range(10)]})
     segment["each_point_is_a_region"] = True
-    segment["max_new_tokens"] = 64
+    prompt["2"]["inputs"]["max_batch"] = 2
     _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt, interrupt_on_progress=True), 900))
     assert messages[-1]["type"] == "execution_interrupted", messages[-1]
     done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
-    assert max(done) < 5
+    assert max(done) < 10
 
 
 # --- (c) headless Chromium --------------------------------------------------------------------------------
