@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top-p", type=float, default=None)
     d.add_argument("--seed", type=int, default=None, help="seed for --sample")
     d.add_argument("--max-batch", type=int, default=None,
-                   help="(region, task) sequences decoded together (default: 8 on the CPU, from free memory on a GPU)")
+                   help="(region, task) sequences decoded together (default: 16 on the CPU, from free memory on a GPU)")
     d.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     d.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
 

@@ -29,7 +29,7 @@ Tasks = Union[str, Sequence[str]]
 # Regions whose SAM 2 decoder passes run together (the decoder is cheap; this bounds its activations).
 DECODER_CHUNK = 32
 # (region, task) sequences decoded together on the CPU; on a GPU the default follows free memory.
-CPU_MAX_BATCH = 8
+CPU_MAX_BATCH = 16
 GPU_MAX_BATCH = 64
 
 
@@ -124,7 +124,7 @@ class PAM:
 
     One SAM 2 encoder pass per image (cached for `cache_size` images), every prompt of an image through the
     decoder and Perceiver as one batch, and up to `max_batch` (region, task) sequences decoded together
-    (None: 8 on the CPU, from free memory on a GPU).
+    (None: 16 on the CPU, from free memory on a GPU).
     """
 
     def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None):
