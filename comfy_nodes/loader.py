@@ -117,7 +117,7 @@ class PAMModelLoader(io.ComfyNode):
                                  tooltip="Allow downloading missing Hub weights (several GB). Off: nothing is "
                                          "downloaded. HF_HUB_OFFLINE=1 always wins."),
                 io.Int.Input("max_batch", default=0, min=0, max=256, optional=True,
-                             tooltip="Regions (x tasks) generated together; 0 = automatic (8 on CPU, from free "
+                             tooltip="Regions (x tasks) generated together; 0 = automatic (fixed on CPU, from free "
                                      "memory on a GPU). Progress and Cancel act between batches."),
             ],
             outputs=[PamModel.Output(display_name="pam_model")],
