@@ -65,8 +65,9 @@ def resolve_tasks(task: str, instruction: str | None, more_tasks: str | None) ->
 
 def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: DescribeImage,
                    max_new_tokens: int) -> io.NodeOutput:
-    """Every image of an IMAGE batch [B, H, W, C] through `describe_image`; one progress step per region
-    (the total grows as images report their region counts), interruption checked before each region."""
+    """Every image of an IMAGE batch [B, H, W, C] through `describe_image`. The progress bar counts regions
+    as the engine reports them (before each batch of regions; the total grows as images report their
+    region counts), and each report is where a Cancel takes effect."""
     batch, height, width = image.shape[0], image.shape[1], image.shape[2]
     bar = comfy.utils.ProgressBar(batch)
     done = 0
