@@ -92,7 +92,8 @@ def run_scenario(name: str, model: Path, sam2: Path, args) -> dict:
     elif name == "d":
         results = list(enumerate(engine.describe(image, regions, task=TASKS, generation=settings)))
     else:
-        auto = AutoMaskSettings(max_regions=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        # random weights: every candidate is a blob, so the thresholds are opened to find 8 regions to describe
+        auto = AutoMaskSettings(max_regions=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.99)
         results = list(enumerate(engine.describe_everything(image, task=TASKS[1], generation=settings, auto=auto)))
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
