@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="compare against a golden fixture of the official implementation")
     p.add_argument("fixture", help="fixture folder (checkpoint/, sam2/, spec.json, cases/)")
     p.add_argument("--device", default="cpu")
+
+    from .evaluation.cli import add_eval_parser  # `pam eval ...`
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -141,7 +145,9 @@ def cmd_parity(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"describe": cmd_describe, "parity": cmd_parity}
+    from .evaluation.cli import cmd_eval
+
+    commands = {"describe": cmd_describe, "parity": cmd_parity, "eval": cmd_eval}
     try:
         return commands[args.command](args)
     except PAMError as exc:
