@@ -112,14 +112,21 @@ def predict(records: Sequence[Annotation], out: Path, run: EvalRun, load_pam: Ca
 
         append([{"id": r.id, "prediction": r.prediction, "source": "annotation"} for r in given])
         if to_run:
-            _run_pam(to_run, run, load_pam(), batch, append, show_progress)
+            prompts = _checked_prompts(to_run)  # bad input fails here, before the slow model load
+            _run_pam(to_run, prompts, run, load_pam(), batch, append, show_progress)
     return done
 
 
-def _run_pam(records, run: EvalRun, pam, batch: int, append, show_progress: bool) -> None:
+def _checked_prompts(records: Sequence[Annotation]) -> dict[str, object]:
+    missing = sorted({r.image for r in records if not Path(r.image).is_file()})
+    if missing:
+        raise EvalError(f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return {r.id: r.prompt() for r in records}
+
+
+def _run_pam(records, prompts: dict, run: EvalRun, pam, batch: int, append, show_progress: bool) -> None:
     from tqdm import tqdm
 
-    prompts = {r.id: r.prompt() for r in records}  # every region checked before the first slow image
     settings = GenerationSettings(**run.generation)
     with tqdm(total=len(records), desc=f"pam eval {run.kind}", unit="region", file=sys.stderr,
               disable=not show_progress, dynamic_ncols=True) as bar:
