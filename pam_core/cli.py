@@ -90,8 +90,21 @@ def _regions(args) -> list:
     return regions
 
 
+def load_pam(args):
+    """PAM from the --model, --sam2, --sam2-config, --device, --dtype and --local-files-only options."""
+    from .engine import PAM
+
+    start = time.time()
+    _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
+    kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
+                  local_files_only=True if args.local_files_only else None)
+    pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
+    _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
+    return pam
+
+
 def cmd_describe(args) -> int:
-    from .engine import PAM, GenerationSettings
+    from .engine import GenerationSettings
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
     from .tasks import resolve_task
 
@@ -106,11 +119,7 @@ def cmd_describe(args) -> int:
     (out / "results.json").unlink(missing_ok=True)  # results.json marks a complete run; drop a stale one first
 
     start = time.time()
-    _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
-    kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
-                  local_files_only=True if args.local_files_only else None)
-    pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
-    _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
+    pam = load_pam(args)
     results = pam.describe(image, regions, task=args.task, lang=args.lang, generation=settings,
                            progress=lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)"))
     records = []

@@ -135,7 +135,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     lines = (full / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     # what an interruption leaves: two whole lines and half of the third
     (out / "predictions.jsonl").write_text(lines[0] + lines[1] + lines[2][:15], encoding="utf-8")
-    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2, *MODEL_ARGS)
+    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2,
+                 *MODEL_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert "loading PAM" in proc.stderr
     resumed = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -151,11 +152,21 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
 
 
 @needs_fixture
-def test_resume_with_other_settings_is_refused(recognition_run, dataset, capsys):
-    _, out = recognition_run
-    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", out, *MODEL_ARGS, "--task", "definition")
+def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run, dataset, tmp_path, capsys):
+    _, full = recognition_run
+    for name in ("run.json", "predictions.jsonl", "metrics.json"):
+        shutil.copy(full / name, tmp_path / name)
+    args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 1, *MODEL_ARGS]
+    proc = _main(capsys, *args, "--task", "definition")
     assert proc.returncode == 2
     assert "different run (changed: task)" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "metrics.json").is_file()  # a refused run leaves the earlier results alone
+
+    proc = _main(capsys, *args, "--task", "definition", "--restart")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["task"] == "definition"
+    assert [p["id"] for p in _lines(tmp_path / "predictions.jsonl")] == ["r0"]
+    assert "definition" in _lines(tmp_path / "predictions.jsonl")[0]
 
 
 @needs_fixture
@@ -163,7 +174,8 @@ def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path,
     _, full = recognition_run
     for name in ("run.json", "predictions.jsonl"):  # reuse the predictions: no model needed
         shutil.copy(full / name, tmp_path / name)
-    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 2, *MODEL_ARGS)
+    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 2,
+                 *MODEL_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in _lines(tmp_path / "scores.jsonl")] == ["r0", "r1"]
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["regions"] == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 
@@ -61,6 +60,7 @@ def cmd_eval(args) -> int:
         _log(f"wrote {count} region(s) to {args.output}")
         return 0
 
+    from ..cli import load_pam
     from ..engine import GenerationSettings
     from ..tasks import resolve_task
     from .metrics import EvalError, SentenceEmbedder, require_java
@@ -76,18 +76,7 @@ def cmd_eval(args) -> int:
     run = EvalRun.create(args.eval_kind, args.model, args.task, args.lang, settings)
     out = Path(args.out)
 
-    def load_pam():
-        from ..engine import PAM
-
-        start = time.time()
-        _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
-        kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
-                      local_files_only=True if args.local_files_only else None)
-        pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
-        _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
-        return pam
-
-    predictions = predict(records, out, run, load_pam, batch=args.batch, restart=args.restart,
+    predictions = predict(records, out, run, lambda: load_pam(args), batch=args.batch, restart=args.restart,
                           show_progress=not args.no_progress)
     embedder = SentenceEmbedder(args.embedder) if args.eval_kind == "recognition" else None
     metrics, per_region = score(args.eval_kind, records, predictions, embedder)

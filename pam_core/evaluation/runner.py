@@ -95,6 +95,8 @@ def predict(records: Sequence[Annotation], out: Path, run: EvalRun, load_pam: Ca
         path.unlink(missing_ok=True)
     done = read_predictions(path)
     _check_resume(out, run, bool(done))
+    for stale in (METRICS, SCORES):  # they mark a finished run
+        (out / stale).unlink(missing_ok=True)
     pending = [r for r in records if r.id not in done]
     given = [r for r in pending if r.prediction is not None]
     to_run = [r for r in pending if r.prediction is None]
