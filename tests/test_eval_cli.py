@@ -2,8 +2,10 @@
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -149,6 +151,32 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     assert again.returncode == 0, again.stderr
     assert "loading PAM" not in again.stderr
     assert again.stdout == proc.stdout
+
+
+@needs_fixture
+def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, capsys):
+    _, full = recognition_run
+    out = tmp_path / "stopped"
+    args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 1, *MODEL_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "pam_core.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    predictions = out / "predictions.jsonl"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if predictions.is_file() and predictions.read_text(encoding="utf-8").count("\n") >= 1:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C after the first region
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err  # stopped by the interrupt, not finished
+    kept = _lines(predictions)
+    assert 1 <= len(kept) < 5 and not (out / "metrics.json").exists()
+
+    resumed = _main(capsys, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _lines(predictions)[:len(kept)] == kept and len(_lines(predictions)) == 5
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == \
+        json.loads((full / "metrics.json").read_text())["metrics"]
 
 
 @needs_fixture
