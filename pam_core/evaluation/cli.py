@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .metrics import DEFAULT_TASKS
+
 
 def add_eval_parser(sub) -> None:
     """Register `pam eval` on the `pam` subcommand parser."""
@@ -12,7 +14,7 @@ def add_eval_parser(sub) -> None:
                        description="Recognition: Osprey's LVIS/PACO protocol (semantic similarity, semantic IoU). "
                                    "Caption: RefCOCOg/VG protocol (BLEU, METEOR, ROUGE-L, CIDEr; needs Java).")
     kinds = e.add_subparsers(dest="eval_kind", required=True)
-    for kind, task in (("recognition", "category"), ("caption", "brief")):
+    for kind, task in DEFAULT_TASKS.items():
         k = kinds.add_parser(kind, help=f"{kind} metrics for the regions of an annotation JSONL")
         k.add_argument("annotations", help="annotation JSONL (see README, 'Evaluation'); `pam eval convert` makes one")
         k.add_argument("--out", required=True, help="output folder: predictions.jsonl, metrics.json, scores.jsonl")

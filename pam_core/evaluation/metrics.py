@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import PAMError
 
 HUB_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_TASKS = {"recognition": "category", "caption": "brief"}  # protocol -> the PAM task it scores
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 RECOGNITION_METRICS = ("semantic_similarity", "semantic_iou")
 
@@ -164,5 +165,6 @@ def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-__all__ = ["CAPTION_METRICS", "RECOGNITION_METRICS", "EvalError", "SentenceEmbedder", "caption_scores",
-           "clean_category", "clean_prediction", "recognition_scores", "semantic_iou", "mean", "require_java"]
+__all__ = ["CAPTION_METRICS", "DEFAULT_TASKS", "RECOGNITION_METRICS", "EvalError", "SentenceEmbedder",
+           "caption_scores", "clean_category", "clean_prediction", "recognition_scores", "semantic_iou", "mean",
+           "require_java"]

@@ -17,10 +17,9 @@ from typing import Callable, Optional, Sequence
 from ..engine import GenerationSettings
 from ..io import write_atomic, write_json
 from .annotations import Annotation
-from .metrics import (CAPTION_METRICS, RECOGNITION_METRICS, EvalError, SentenceEmbedder, caption_scores, mean,
-                      recognition_scores)
+from .metrics import (CAPTION_METRICS, DEFAULT_TASKS, RECOGNITION_METRICS, EvalError, SentenceEmbedder,
+                      caption_scores, mean, recognition_scores)
 
-KINDS = {"recognition": "category", "caption": "brief"}  # protocol -> default PAM task
 PREDICTIONS, RUN, METRICS, SCORES = "predictions.jsonl", "run.json", "metrics.json", "scores.jsonl"
 
 
@@ -37,9 +36,9 @@ class EvalRun:
     @classmethod
     def create(cls, kind: str, model: Optional[str], task: Optional[str] = None, lang: str = "en",
                generation: GenerationSettings = GenerationSettings()) -> "EvalRun":
-        if kind not in KINDS:
-            raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(KINDS)}")
-        return cls(kind, model, task or KINDS[kind], lang, asdict(generation))
+        if kind not in DEFAULT_TASKS:
+            raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(DEFAULT_TASKS)}")
+        return cls(kind, model, task or DEFAULT_TASKS[kind], lang, asdict(generation))
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
@@ -160,7 +159,7 @@ def score(kind: str, records: Sequence[Annotation], predictions: dict[str, dict]
     elif kind == "caption":
         metrics, per_region = caption_scores({r.id: r.refs for r in records}, texts)
     else:
-        raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(KINDS)}")
+        raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(DEFAULT_TASKS)}")
     metrics["regions"] = len(records)
     return metrics, per_region
 
