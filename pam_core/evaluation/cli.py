@@ -20,8 +20,9 @@ def add_eval_parser(sub) -> None:
         k.add_argument("--out", required=True, help="output folder: predictions.jsonl, metrics.json, scores.jsonl")
         k.add_argument("--image-root", default=None, help="folder relative image paths start from (default: the JSONL's)")
         k.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions")
-        k.add_argument("--batch", type=int, default=8, metavar="N",
-                       help="regions of one image per PAM call; predictions are saved after each (default: 8)")
+        k.add_argument("--batch", type=int, default=16, metavar="N",
+                       help="regions of one image decoded together; predictions are saved after each batch "
+                            "(default: 16)")
         k.add_argument("--restart", action="store_true", help="discard earlier predictions in --out instead of resuming")
         k.add_argument("--task", default=task, help=f"PAM task for the predictions (default: {task})")
         k.add_argument("--lang", default="en", choices=["en", "zh"])
@@ -78,8 +79,9 @@ def cmd_eval(args) -> int:
     run = EvalRun.create(args.eval_kind, args.model, args.task, args.lang, settings)
     out = Path(args.out)
 
-    predictions = predict(records, out, run, lambda: load_pam(args), batch=args.batch, restart=args.restart,
-                          show_progress=not args.no_progress)
+    # the encoder pass of an image is cached for its next batch; images come one after the other
+    predictions = predict(records, out, run, lambda: load_pam(args, max_batch=args.batch, cache_size=1),
+                          batch=args.batch, restart=args.restart, show_progress=not args.no_progress)
     embedder = SentenceEmbedder(args.embedder) if args.eval_kind == "recognition" else None
     metrics, per_region = score(args.eval_kind, records, predictions, embedder)
     write_results(out, run, metrics, per_region, str(args.annotations))

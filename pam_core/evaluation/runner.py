@@ -84,7 +84,7 @@ def _chunks(records: Sequence[Annotation], batch: int) -> list[list[Annotation]]
 
 
 def predict(records: Sequence[Annotation], out: Path, run: EvalRun, load_pam: Callable[[], object],
-            batch: int = 8, restart: bool = False, show_progress: bool = True) -> dict[str, dict]:
+            batch: int = 16, restart: bool = False, show_progress: bool = True) -> dict[str, dict]:
     """Every record's prediction: given in the annotation, already in predictions.jsonl, or from PAM now."""
     if batch < 1:
         raise EvalError(f"--batch must be at least 1, got {batch}")
