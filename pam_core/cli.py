@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     d.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
 
+    from .video_cli import add_describe_video
+
+    add_describe_video(sub, d)
+
     p = sub.add_parser("parity", help="compare against a golden fixture of the official implementation")
     p.add_argument("fixture", help="fixture folder (checkpoint/, sam2/, spec.json, cases/)")
     p.add_argument("--device", default="cpu")
@@ -141,7 +145,9 @@ def cmd_parity(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"describe": cmd_describe, "parity": cmd_parity}
+    from .video_cli import cmd_describe_video
+
+    commands = {"describe": cmd_describe, "describe-video": cmd_describe_video, "parity": cmd_parity}
     try:
         return commands[args.command](args)
     except PAMError as exc:

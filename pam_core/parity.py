@@ -74,11 +74,12 @@ def run_parity(fixture: str | Path, device: str = "cpu",
             report(row)
 
     for case in spec["cases"]:
-        if case["type"] != "image":
-            add(ParityRow(case["name"], f"{case['type']} case", "NOT SUPPORTED",
-                          detail="video parity comes with pam_core's video support"))
-            continue
-        _image_case(pam, fixture, case, add)
+        if case["type"] == "image":
+            _image_case(pam, fixture, case, add)
+        elif case["type"] == "video":
+            _video_case(pam, fixture, case, add)
+        else:
+            add(ParityRow(case["name"], f"{case['type']} case", "NOT SUPPORTED", detail="unknown case type"))
     return rows
 
 
@@ -116,7 +117,58 @@ def _image_case(pam: PAM, fixture: Path, case: dict, add) -> None:
     if "first_llm_mask_token_is_decoder_token" in sam:
         add(_exact(name, "selected_mask_token", [sam["first_llm_mask_token_is_decoder_token"]], [seg.selected_token]))
     for task_key, prompt in case["tasks"].items():
-        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, analysis, add)
+        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, analysis.visual_embeds, add)
+
+
+def _video_case(pam: PAM, fixture: Path, case: dict, add) -> None:
+    """The reference's video path: prompt on frame 0, SAM 2 propagation over every frame, 16 LLM frames."""
+    from .video import ClipEmbeds, ObjectTracker, encode_frame, open_video, video_mask_logits
+
+    name = case["name"]
+    folder = fixture / "cases" / name
+    source = open_video([fixture / frame for frame in case["frames"]])
+    info = source.info
+    region = _region(case).validated(info.width, info.height)
+    segmenter = pam.model.segmenter
+    tracker = ObjectTracker(segmenter, info.num_frames)
+    clip = ClipEmbeds(pam.model, 0, info.num_frames - 1)
+    tokens, scores, logits = [], [], []
+    for index, image, _ in source.frames():
+        seg = tracker.step(encode_frame(segmenter, image), region if index == 0 else None, info.width, info.height)
+        clip.add(index, seg)
+        tokens.append(seg.mid_mask_tokens)
+        scores.append(seg.object_score)
+        logits.append(video_mask_logits(seg, info.height, info.width))
+        embed_file = folder / f"sam2_mid_image_embed_frame{index}.npy"
+        if embed_file.is_file():
+            add(_compare(name, embed_file.stem, np.load(embed_file), seg.mid_image_embed, FEATURE_ATOL))
+    if (folder / "sam2_mid_mask_tokens_all_frames.npy").is_file():
+        add(_compare(name, "sam2_mid_mask_tokens_all_frames", np.load(folder / "sam2_mid_mask_tokens_all_frames.npy"),
+                     torch.cat(tokens), FEATURE_ATOL))
+    if (folder / "masks_binary_all_frames.npy").is_file():
+        add(_binary_video_masks_row(name, np.load(folder / "masks_binary_all_frames.npy"), torch.stack(logits)))
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    sam = summary.get("sam2", {})
+    if "object_score_logits_per_frame" in sam:
+        expected = [sam["object_score_logits_per_frame"][str(i)][0] for i in range(info.num_frames)]
+        add(_compare(name, "object_score_per_frame", np.asarray(expected), np.asarray(scores), FEATURE_ATOL))
+    if "frames_fed_to_llm" in sam:
+        add(_exact(name, "llm_frames", sam["frames_fed_to_llm"], clip.frames))
+    visual_embeds = clip.visual_embeds()
+    if (folder / "visual_embeds.npy").is_file():
+        add(_compare(name, "visual_embeds", np.load(folder / "visual_embeds.npy"), visual_embeds, FEATURE_ATOL))
+    for task_key, prompt in case["tasks"].items():
+        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, visual_embeds, add)
+
+
+def _binary_video_masks_row(case: str, expected: np.ndarray, logits: torch.Tensor) -> ParityRow:
+    """The fixture keeps only binary video masks: they must agree except where our logit is within the
+    feature tolerance of 0 (the image cases apply the same rule to the expected logit)."""
+    got = logits.float().cpu().numpy().reshape(expected.shape)
+    differ = ((got > 0) != expected) & (np.abs(got) > FEATURE_ATOL)
+    count = int(differ.sum())
+    return ParityRow(case, "masks_binary_all_frames", "PASS" if count == 0 else "FAIL", float(count), 0.0,
+                     detail="" if count == 0 else f"{count} pixels differ")
 
 
 def _binary_mask_row(case: str, expected_logits: np.ndarray, actual: torch.Tensor) -> ParityRow:
@@ -128,10 +180,10 @@ def _binary_mask_row(case: str, expected_logits: np.ndarray, actual: torch.Tenso
                      detail="" if count == 0 else f"{count} pixels differ")
 
 
-def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalysis, add) -> None:
+def _task(pam: PAM, case: str, folder: Path, prompt: str, visual_embeds: torch.Tensor, add) -> None:
     instruction = prompt.split(IMAGE_PLACEHOLDER + "\n", 1)[-1]
     task = task_for_instruction(instruction)
-    embeds, ids = pam.model.prompt_embeds(task, analysis.visual_embeds)
+    embeds, ids = pam.model.prompt_embeds(task, visual_embeds)
     if (folder / "prompt.json").is_file():
         add(_exact(case, "input_ids", json.loads((folder / "prompt.json").read_text())["input_ids"], ids))
     if (folder / "inputs_embeds.npy").is_file():
@@ -140,7 +192,7 @@ def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalys
         return
     record = json.loads((folder / "generation.json").read_text(encoding="utf-8"))
     kwargs = record.get("generation_kwargs", {})
-    greedy = pam.generate(task, analysis.visual_embeds, GenerationSettings(
+    greedy = pam.generate(task, visual_embeds, GenerationSettings(
         max_new_tokens=kwargs.get("max_new_tokens", 20), min_new_tokens=kwargs.get("min_new_tokens", 0),
         repetition_penalty=kwargs.get("repetition_penalty") or 1.0), return_first_logits=True)
     if (folder / "first_step_logits.npy").is_file():
@@ -154,7 +206,7 @@ def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalys
     add(_exact(case, "greedy_text", [record["greedy"]["text"]], [greedy.text]))
     if "greedy_gencfg" in record:
         kwargs = record.get("generation_kwargs_gencfg", kwargs)
-        gencfg = pam.generate(task, analysis.visual_embeds, GenerationSettings(
+        gencfg = pam.generate(task, visual_embeds, GenerationSettings(
             max_new_tokens=kwargs.get("max_new_tokens", 20), min_new_tokens=kwargs.get("min_new_tokens", 0)))
         add(_exact(case, "greedy_gencfg_ids", record["greedy_gencfg"]["ids"], gencfg.token_ids))
 
