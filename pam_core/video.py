@@ -197,10 +197,12 @@ def plan_segments(num_frames: int, segments: Optional[Sequence[tuple[int, int]]]
 
 
 def llm_frame_indices(num_frames: int, count: int = 16) -> list[int]:
-    """Clip-relative frames the LLM reads: the reference's [0] + linspace(1, n-1, 15) for n >= 2. Shorter
-    clips repeat frames (a 1-frame clip shows frame 0 sixteen times), so the LLM always reads the
-    16-frame layout it was trained on."""
-    rest = np.linspace(min(1, num_frames - 1), num_frames - 1, count - 1, dtype=int)
+    """Clip-relative frames the LLM reads. From 16 frames on, the reference's choice exactly:
+    [0] + linspace(1, n-1, 15) truncated to integers. Shorter clips (the reference refuses them) take the
+    same spacing rounded to the nearest frame, so frames repeat evenly and the LLM still reads the 16-frame
+    layout it was trained on (a 1-frame clip shows frame 0 sixteen times)."""
+    rest = np.linspace(min(1, num_frames - 1), num_frames - 1, count - 1)
+    rest = rest.astype(int) if num_frames >= count else np.round(rest).astype(int)
     return [0] + [int(i) for i in rest]
 
 
@@ -236,6 +238,7 @@ class ObjectTracker:
         self.num_frames = num_frames
         self.memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         self.next_frame = 0
+        self._memory_pos: Optional[list[torch.Tensor]] = None  # the same for every frame: one copy, as the predictor
         sam = segmenter.model
         stride = getattr(sam, "memory_temporal_stride_for_eval", 1)
         self._history = max(sam.max_obj_ptrs_in_encoder, stride * sam.num_maskmem) + 1
@@ -261,8 +264,10 @@ class ObjectTracker:
                 mask_inputs=masks, output_dict=self.memory, num_frames=self.num_frames, run_mem_encoder=not is_prompt)
         if is_prompt:
             self._encode_prompt_memory(frame, out)
-        compact = {k: out[k] for k in ("maskmem_features", "maskmem_pos_enc", "pred_masks", "obj_ptr",
-                                       "object_score_logits")}
+        if self._memory_pos is None:
+            self._memory_pos = [x.clone() for x in out["maskmem_pos_enc"]]
+        compact = {k: out[k] for k in ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")}
+        compact["maskmem_pos_enc"] = self._memory_pos
         self.memory["cond_frame_outputs" if is_prompt else "non_cond_frame_outputs"][index] = compact
         self.memory["non_cond_frame_outputs"].pop(index - self._history, None)
         self.next_frame += 1

@@ -52,7 +52,8 @@ def _frame_folder(tmp_path, count, names=None):
 def test_llm_frames_follow_the_reference_and_short_clips_repeat_frames():
     assert llm_frame_indices(20) == [0, 1, 2, 3, 4, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 19]  # fixture summary
     assert llm_frame_indices(16) == list(range(16))
-    assert llm_frame_indices(3) == [0] + [1] * 8 + [2] * 7
+    assert llm_frame_indices(3) == [0] + [1] * 7 + [2] * 8
+    assert sorted(set(llm_frame_indices(15))) == list(range(15)) and len(llm_frame_indices(15)) == 16
     assert llm_frame_indices(1) == [0] * 16
 
 
@@ -134,7 +135,7 @@ def test_streaming_captions_carry_the_box_and_the_previous_caption(pam, tmp_path
     assert (first.start_frame, first.end_frame, first.prompt) == (0, 2, "box")
     assert (second.start_frame, second.end_frame, second.prompt) == (3, 4, "previous box")
     assert (first.start_time, first.end_time, second.start_time, second.end_time) == pytest.approx((0, 0.3, 0.3, 0.5))
-    assert first.llm_frames == [0] + [1] * 8 + [2] * 7 and len(second.llm_frames) == 16
+    assert first.llm_frames == [0] + [1] * 7 + [2] * 8 and len(second.llm_frames) == 16
     assert asked[0].instruction.endswith("Previous caption: None")
     assert asked[1].instruction.endswith(f"Previous caption: {first.text}") and first.text
     frame0 = result.frames[0]
