@@ -307,8 +307,8 @@ def frame_visual_embeds(model: PAMModel, seg: Segmentation, first: bool) -> torc
 class ClipEmbeds:
     """Collects the visual embeddings of the LLM frames of one clip while its frames stream past."""
 
-    def __init__(self, model: PAMModel, start: int, end: int):
-        self.model, self.start, self.end = model, start, end
+    def __init__(self, model: PAMModel, start: int, end: int, start_time: Optional[float] = None):
+        self.model, self.start, self.end, self.start_time = model, start, end, start_time
         self.selected = llm_frame_indices(end - start + 1, model.config.video_num_frames)
         self._parts: dict[tuple[int, bool], torch.Tensor] = {}
 
@@ -441,17 +441,18 @@ def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[R
     model = pam.model
     captions: list[SegmentCaption] = []
     kept: list[ObjectFrame] = []
-    times: dict[int, Optional[float]] = {}
-    segment_of = {f: s for s in plan for f in range(s.start, s.end + 1)}
+    remaining = iter(plan)
+    ahead: Optional[Segment] = next(remaining)  # the first segment not yet passed
 
     for index, image, time in source.frames():
-        times[index] = time
-        segment = segment_of.get(index)
+        while ahead is not None and index > ahead.end:
+            ahead = next(remaining, None)
+        segment = ahead if ahead is not None and index in ahead else None
         active = [o for o in objects if index >= o.frame and (segment is not None or carry == "memory")]
         tracked = []
         features = encode_frame(model.segmenter, image) if active else None
         for obj in active:
-            prompt = _start_tracking(obj, index, segment, carry, info, model)
+            prompt = _start_tracking(obj, index, time, segment, carry, info, model)
             seg = obj.tracker.step(features, prompt, info.width, info.height)
             mask = (video_mask_logits(seg, info.height, info.width) > 0).cpu().numpy()
             box = mask_box(mask)
@@ -460,7 +461,7 @@ def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[R
             if obj.clip is not None:
                 obj.clip.add(index, seg)
                 if index == obj.clip.end:
-                    captions.append(_caption(pam, obj, task_for, lang, generation, times, info))
+                    captions.append(_caption(pam, obj, task_for, lang, generation, time, info))
                     obj.clip = None
                     if on_caption:
                         on_caption(captions[-1])
@@ -504,8 +505,8 @@ def _objects(prompts, frame: int, info: VideoInfo, plan: list[Segment], carry: s
     return objects
 
 
-def _start_tracking(obj: _Object, index: int, segment: Optional[Segment], carry: str, info: VideoInfo,
-                    model: PAMModel) -> Optional[Region]:
+def _start_tracking(obj: _Object, index: int, time: Optional[float], segment: Optional[Segment], carry: str,
+                    info: VideoInfo, model: PAMModel) -> Optional[Region]:
     """Starts a tracker (and a caption clip) where one begins on this frame; returns the prompt to apply."""
     segmenter = model.segmenter
     prompt = None
@@ -521,18 +522,17 @@ def _start_tracking(obj: _Object, index: int, segment: Optional[Segment], carry:
     elif carry == "memory" and segment is not None and index == segment.start:
         obj.clip_prompt = "memory"
     if segment is not None and (index == obj.frame or index == segment.start):
-        obj.clip = ClipEmbeds(model, index, segment.end)
+        obj.clip = ClipEmbeds(model, index, segment.end, time)
     return prompt
 
 
 def _caption(pam: PAM, obj: _Object, task_for, lang: str, generation: GenerationSettings,
-             times: dict[int, Optional[float]], info: VideoInfo) -> SegmentCaption:
+             end_time: Optional[float], info: VideoInfo) -> SegmentCaption:
     clip = obj.clip
     task = task_for(obj.history)
     gen = pam.generate(task, clip.visual_embeds(), generation)
     obj.history = gen.text
-    start_time, end_time = times.get(clip.start), times.get(clip.end)
     if end_time is not None and info.fps:
         end_time += 1.0 / info.fps
-    return SegmentCaption(obj.index, clip.start, clip.end, start_time, end_time, clip.frames, obj.clip_prompt,
+    return SegmentCaption(obj.index, clip.start, clip.end, clip.start_time, end_time, clip.frames, obj.clip_prompt,
                           task.name, lang, gen.text, gen.token_ids)

@@ -170,6 +170,15 @@ def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
 
 
 @needs_fixture
+def test_frames_between_segments_are_not_tracked_with_box_carry(pam, tmp_path):
+    result = pam.describe_video(_frame_folder(tmp_path, 4), [Region.from_box(BOX)], segments=[(0, 0), (2, 3)],
+                                generation=FAST)
+    assert [f.frame for f in result.frames] == [0, 2, 3]
+    assert [(c.start_frame, c.end_frame, c.prompt) for c in result.captions] == [(0, 0, "box"), (2, 3, "previous box")]
+    assert result.captions[0].llm_frames == [0] * 16
+
+
+@needs_fixture
 def test_bad_video_requests_fail_before_tracking(pam, tmp_path):
     folder = _frame_folder(tmp_path, 2)
     with pytest.raises(PromptError, match="not a frame"):
