@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="compare against a golden fixture of the official implementation")
     p.add_argument("fixture", help="fixture folder (checkpoint/, sam2/, spec.json, cases/)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--case", action="append", default=None, metavar="NAME",
+                   help="run only this case of spec.json (repeatable; default: all)")
     return parser
 
 
@@ -135,7 +137,8 @@ def cmd_parity(args) -> int:
     from .parity import format_row, run_parity
 
     print(f"{'case':<28} {'quantity':<34} {'max_abs_err':>10} {'tol':>6}  status", flush=True)
-    rows = run_parity(args.fixture, device=args.device, report=lambda row: print(format_row(row), flush=True))
+    rows = run_parity(args.fixture, device=args.device, report=lambda row: print(format_row(row), flush=True),
+                      cases=args.case)
     failed = [r for r in rows if r.status == "FAIL"]
     passed = sum(r.status == "PASS" for r in rows)
     unsupported = sum(r.status == "NOT SUPPORTED" for r in rows)

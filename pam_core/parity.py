@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,14 +56,19 @@ def fixture_sam2_weights(fixture: Path) -> Path:
     return found[0]
 
 
-def run_parity(fixture: str | Path, device: str = "cpu",
-               report: Optional[Callable[[ParityRow], None]] = None) -> list[ParityRow]:
-    """Load the fixture's checkpoint, run every case and compare; `report` sees each row as it is made."""
+def run_parity(fixture: str | Path, device: str = "cpu", report: Optional[Callable[[ParityRow], None]] = None,
+               cases: Optional[Sequence[str]] = None) -> list[ParityRow]:
+    """Load the fixture's checkpoint, run every case (or the named `cases`) and compare; `report` sees each
+    row as it is made."""
     fixture = Path(fixture)
     spec_file = fixture / "spec.json"
     if not spec_file.is_file():
         raise CheckpointError(f"{fixture} is not a parity fixture (no spec.json)")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    known = [case["name"] for case in spec["cases"]]
+    unknown = sorted(set(cases or ()) - set(known))
+    if unknown:
+        raise CheckpointError(f"{fixture} has no case {', '.join(unknown)}; its cases: {', '.join(known)}")
     pam = PAM.from_pretrained(fixture / "checkpoint", sam2=fixture_sam2_weights(fixture), device=device,
                               dtype="float32", local_files_only=True)
     rows: list[ParityRow] = []
@@ -74,6 +79,8 @@ def run_parity(fixture: str | Path, device: str = "cpu",
             report(row)
 
     for case in spec["cases"]:
+        if cases and case["name"] not in cases:
+            continue
         if case["type"] == "image":
             _image_case(pam, fixture, case, add)
         elif case["type"] == "video":

@@ -64,16 +64,19 @@ def test_release_layout_matches_reference():
     assert not status.get("NOT SUPPORTED")
 
 
+IMAGE_CASES = ["--case", "image_box", "--case", "image_points"]  # the video case runs in the first test
+
+
 def test_plain_layout_matches_reference_via_cli(tmp_path):
     fixture = _fixture_copy(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture)],
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failed, 0 not supported" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.rstrip().endswith("PASS")]
     assert len(rows) >= 40
     assert any(line.startswith("image_points/brief_cap_en") and "greedy_gencfg_ids" in line for line in rows)
-    assert any(line.startswith("video_box/video_cap_en") and "greedy_gencfg_ids" in line for line in rows)
+    assert not any(line.startswith("video_box") for line in rows)
 
 
 def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
@@ -81,10 +84,16 @@ def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
         state["model.mm_projector_semT.2.bias"] = (state["model.mm_projector_semT.2.bias"].float() + 0.01).to(torch.bfloat16)
 
     fixture = _fixture_copy(tmp_path, nudge)
-    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture)],
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
     failed = [line for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL") or " FAIL " in line]
     assert any("visual_embeds" in line for line in failed)
     # SAM 2 is untouched by the nudge, so its features still pass
     assert any("sam2_mid_image_embed" in line and "PASS" in line for line in proc.stdout.splitlines())
+
+
+def test_parity_names_an_unknown_case():
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(FIXTURE), "--case", "video_points"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no case video_points" in proc.stderr and "video_box" in proc.stderr
