@@ -1,15 +1,17 @@
-"""pam_core: the Perceive Anything Model (PAM) as a library — masks and text for image regions."""
+"""pam_core: the Perceive Anything Model (PAM) as a library — masks and text for image and video regions."""
 
 from .automask import AutoMaskSettings
 from .engine import PAM, FeatureCache, RegionAnalysis, RegionResult
 from .errors import (CheckpointError, DeviceError, ImageError, PAMError, PromptError, SettingsError,
-                     TaskError, WeightsNotFoundError)
+                     TaskError, VideoError, WeightsNotFoundError)
 from .generation import GenerationSettings
 from .prompts import Region
 from .tasks import LANGUAGES, TASK_NAMES
+from .video import VideoPrompt, VideoResult
 
 __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
     "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError", "WeightsNotFoundError",
+    "VideoError", "VideoPrompt", "VideoResult",
 ]

@@ -74,9 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     d.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
 
+    from .video_cli import add_describe_video
+
+    add_describe_video(sub, d)
+
     p = sub.add_parser("parity", help="compare against a golden fixture of the official implementation")
     p.add_argument("fixture", help="fixture folder (checkpoint/, sam2/, spec.json, cases/)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--case", action="append", default=None, metavar="NAME",
+                   help="run only this case of spec.json (repeatable; default: all)")
 
     from .evaluation.cli import add_eval_parser  # `pam eval ...`
 
@@ -119,7 +125,8 @@ def load_pam(args, **options):
 
 def cmd_describe(args) -> int:
     from .automask import AutoMaskSettings
-    from .engine import GenerationSettings, resolve_tasks
+    from .engine import resolve_tasks
+    from .generation import GenerationSettings
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
 
     tasks = args.task or ["category"]
@@ -165,7 +172,8 @@ def cmd_parity(args) -> int:
     from .parity import format_row, run_parity
 
     print(f"{'case':<28} {'quantity':<34} {'max_abs_err':>10} {'tol':>6}  status", flush=True)
-    rows = run_parity(args.fixture, device=args.device, report=lambda row: print(format_row(row), flush=True))
+    rows = run_parity(args.fixture, device=args.device, report=lambda row: print(format_row(row), flush=True),
+                      cases=args.case)
     failed = [r for r in rows if r.status == "FAIL"]
     passed = sum(r.status == "PASS" for r in rows)
     unsupported = sum(r.status == "NOT SUPPORTED" for r in rows)
@@ -176,8 +184,9 @@ def cmd_parity(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .evaluation.cli import cmd_eval
+    from .video_cli import cmd_describe_video
 
-    commands = {"describe": cmd_describe, "parity": cmd_parity, "eval": cmd_eval}
+    commands = {"describe": cmd_describe, "describe-video": cmd_describe_video, "parity": cmd_parity, "eval": cmd_eval}
     try:
         return commands[args.command](args)
     except PAMError as exc:

@@ -31,3 +31,7 @@ class WeightsNotFoundError(CheckpointError, FileNotFoundError):
 
 class DeviceError(PAMError, ValueError):
     """The requested device or dtype is not available here."""
+
+
+class VideoError(PAMError, ValueError):
+    """The video cannot be read, has no frames, or a segment does not fit it."""

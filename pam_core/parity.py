@@ -11,12 +11,13 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .engine import PAM, GenerationSettings, RegionAnalysis
+from .engine import PAM, RegionAnalysis
+from .generation import GenerationSettings
 from .errors import CheckpointError
 from .prompts import Region
 from .tasks import IMAGE_PLACEHOLDER, task_for_instruction
@@ -57,15 +58,16 @@ def fixture_sam2_weights(fixture: Path) -> Path:
     return found[0]
 
 
-def run_parity(fixture: str | Path, device: str = "cpu",
-               report: Optional[Callable[[ParityRow], None]] = None) -> list[ParityRow]:
-    """Load the fixture's checkpoint, run every case and compare; `report` sees each row as it is made.
+def run_parity(fixture: str | Path, device: str = "cpu", report: Optional[Callable[[ParityRow], None]] = None,
+               cases: Optional[Sequence[str]] = None) -> list[ParityRow]:
+    """Load the fixture's checkpoint, run every case (or the named `cases`) and compare; `report` sees each
+    row as it is made.
 
     On CUDA, TF32 is switched off for the run: PyTorch lets cuDNN convolutions use it by default, which
     moves SAM 2's features by ~1e-3, and a parity check compares IEEE float32.
     """
     with _ieee_float32():
-        return _run_parity(Path(fixture), device, report)
+        return _run_parity(Path(fixture), device, report, cases)
 
 
 @contextlib.contextmanager
@@ -78,11 +80,16 @@ def _ieee_float32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _run_parity(fixture: Path, device: str, report: Optional[Callable[[ParityRow], None]]) -> list[ParityRow]:
+def _run_parity(fixture: Path, device: str, report: Optional[Callable[[ParityRow], None]],
+                cases: Optional[Sequence[str]]) -> list[ParityRow]:
     spec_file = fixture / "spec.json"
     if not spec_file.is_file():
         raise CheckpointError(f"{fixture} is not a parity fixture (no spec.json)")
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    known = [case["name"] for case in spec["cases"]]
+    unknown = sorted(set(cases or ()) - set(known))
+    if unknown:
+        raise CheckpointError(f"{fixture} has no case {', '.join(unknown)}; its cases: {', '.join(known)}")
     pam = PAM.from_pretrained(fixture / "checkpoint", sam2=fixture_sam2_weights(fixture), device=device,
                               dtype="float32", local_files_only=True)
     rows: list[ParityRow] = []
@@ -93,11 +100,14 @@ def _run_parity(fixture: Path, device: str, report: Optional[Callable[[ParityRow
             report(row)
 
     for case in spec["cases"]:
-        if case["type"] != "image":
-            add(ParityRow(case["name"], f"{case['type']} case", "NOT SUPPORTED",
-                          detail="video parity comes with pam_core's video support"))
+        if cases and case["name"] not in cases:
             continue
-        _image_case(pam, fixture, case, add)
+        if case["type"] == "image":
+            _image_case(pam, fixture, case, add)
+        elif case["type"] == "video":
+            _video_case(pam, fixture, case, add)
+        else:
+            add(ParityRow(case["name"], f"{case['type']} case", "NOT SUPPORTED", detail="unknown case type"))
     return rows
 
 
@@ -135,7 +145,58 @@ def _image_case(pam: PAM, fixture: Path, case: dict, add) -> None:
     if "first_llm_mask_token_is_decoder_token" in sam:
         add(_exact(name, "selected_mask_token", [sam["first_llm_mask_token_is_decoder_token"]], [seg.selected_token]))
     for task_key, prompt in case["tasks"].items():
-        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, analysis, add)
+        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, analysis.visual_embeds, add)
+
+
+def _video_case(pam: PAM, fixture: Path, case: dict, add) -> None:
+    """The reference's video path: prompt on frame 0, SAM 2 propagation over every frame, 16 LLM frames."""
+    from .video import ClipEmbeds, ObjectTracker, encode_frame, open_video, video_mask_logits
+
+    name = case["name"]
+    folder = fixture / "cases" / name
+    source = open_video([fixture / frame for frame in case["frames"]])
+    info = source.info
+    region = _region(case).validated(info.width, info.height)
+    segmenter = pam.model.segmenter
+    tracker = ObjectTracker(segmenter, info.num_frames)
+    clip = ClipEmbeds(pam.model, 0, info.num_frames - 1)
+    tokens, scores, logits = [], [], []
+    for index, image, _ in source.frames():
+        seg = tracker.step(encode_frame(segmenter, image), region if index == 0 else None, info.width, info.height)
+        clip.add(index, seg)
+        tokens.append(seg.mid_mask_tokens)
+        scores.append(seg.object_score)
+        logits.append(video_mask_logits(seg, info.height, info.width))
+        embed_file = folder / f"sam2_mid_image_embed_frame{index}.npy"
+        if embed_file.is_file():
+            add(_compare(name, embed_file.stem, np.load(embed_file), seg.mid_image_embed, FEATURE_ATOL))
+    if (folder / "sam2_mid_mask_tokens_all_frames.npy").is_file():
+        add(_compare(name, "sam2_mid_mask_tokens_all_frames", np.load(folder / "sam2_mid_mask_tokens_all_frames.npy"),
+                     torch.cat(tokens), FEATURE_ATOL))
+    if (folder / "masks_binary_all_frames.npy").is_file():
+        add(_binary_video_masks_row(name, np.load(folder / "masks_binary_all_frames.npy"), torch.stack(logits)))
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    sam = summary.get("sam2", {})
+    if "object_score_logits_per_frame" in sam:
+        expected = [sam["object_score_logits_per_frame"][str(i)][0] for i in range(info.num_frames)]
+        add(_compare(name, "object_score_per_frame", np.asarray(expected), np.asarray(scores), FEATURE_ATOL))
+    if "frames_fed_to_llm" in sam:
+        add(_exact(name, "llm_frames", sam["frames_fed_to_llm"], clip.frames))
+    visual_embeds = clip.visual_embeds()
+    if (folder / "visual_embeds.npy").is_file():
+        add(_compare(name, "visual_embeds", np.load(folder / "visual_embeds.npy"), visual_embeds, FEATURE_ATOL))
+    for task_key, prompt in case["tasks"].items():
+        _task(pam, f"{name}/{task_key}", folder / task_key, prompt, visual_embeds, add)
+
+
+def _binary_video_masks_row(case: str, expected: np.ndarray, logits: torch.Tensor) -> ParityRow:
+    """The fixture keeps only binary video masks: they must agree except where our logit is within the
+    feature tolerance of 0 (the image cases apply the same rule to the expected logit)."""
+    got = logits.float().cpu().numpy().reshape(expected.shape)
+    differ = ((got > 0) != expected) & (np.abs(got) > FEATURE_ATOL)
+    count = int(differ.sum())
+    return ParityRow(case, "masks_binary_all_frames", "PASS" if count == 0 else "FAIL", float(count), 0.0,
+                     detail="" if count == 0 else f"{count} pixels differ")
 
 
 def _binary_mask_row(case: str, expected_logits: np.ndarray, actual: torch.Tensor) -> ParityRow:
@@ -147,10 +208,10 @@ def _binary_mask_row(case: str, expected_logits: np.ndarray, actual: torch.Tenso
                      detail="" if count == 0 else f"{count} pixels differ")
 
 
-def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalysis, add) -> None:
+def _task(pam: PAM, case: str, folder: Path, prompt: str, visual_embeds: torch.Tensor, add) -> None:
     instruction = prompt.split(IMAGE_PLACEHOLDER + "\n", 1)[-1]
     task = task_for_instruction(instruction)
-    embeds, ids = pam.model.prompt_embeds(task, analysis.visual_embeds)
+    embeds, ids = pam.model.prompt_embeds(task, visual_embeds)
     if (folder / "prompt.json").is_file():
         add(_exact(case, "input_ids", json.loads((folder / "prompt.json").read_text())["input_ids"], ids))
     if (folder / "inputs_embeds.npy").is_file():
@@ -159,7 +220,7 @@ def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalys
         return
     record = json.loads((folder / "generation.json").read_text(encoding="utf-8"))
     kwargs = record.get("generation_kwargs", {})
-    greedy = pam.generate(task, analysis.visual_embeds, GenerationSettings(
+    greedy = pam.generate(task, visual_embeds, GenerationSettings(
         max_new_tokens=kwargs.get("max_new_tokens", 20), min_new_tokens=kwargs.get("min_new_tokens", 0),
         repetition_penalty=kwargs.get("repetition_penalty") or 1.0), return_first_logits=True)
     if (folder / "first_step_logits.npy").is_file():
@@ -173,7 +234,7 @@ def _task(pam: PAM, case: str, folder: Path, prompt: str, analysis: RegionAnalys
     add(_exact(case, "greedy_text", [record["greedy"]["text"]], [greedy.text]))
     if "greedy_gencfg" in record:
         kwargs = record.get("generation_kwargs_gencfg", kwargs)
-        gencfg = pam.generate(task, analysis.visual_embeds, GenerationSettings(
+        gencfg = pam.generate(task, visual_embeds, GenerationSettings(
             max_new_tokens=kwargs.get("max_new_tokens", 20), min_new_tokens=kwargs.get("min_new_tokens", 0)))
         add(_exact(case, "greedy_gencfg_ids", record["greedy_gencfg"]["ids"], gencfg.token_ids))
 

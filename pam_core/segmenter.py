@@ -149,14 +149,8 @@ class SAM2Segmenter:
                 _, _, ious, low_res, _, _, object_score = sam._forward_sam_heads(
                     backbone_features=image_embed, point_inputs=point_inputs,
                     high_res_features=high_res, multimask_output=False)
-        decoder = sam.sam_mask_decoder
-        stability = decoder._get_stability_scores(tap["masks"][:, 0:1])[:, 0]
-        is_stable = stability >= decoder.dynamic_multimask_stability_thresh
-        best_multimask = torch.argmax(tap["ious"][:, 1:], dim=-1) + 1
-        selected = torch.where(is_stable, torch.zeros_like(best_multimask), best_multimask)
+        mid_mask_tokens, stability, selected = llm_mask_tokens(sam.sam_mask_decoder, tap)
         tokens = tap["mask_tokens"]
-        batch = torch.arange(count, device=tokens.device)
-        mid_mask_tokens = torch.stack([tokens[batch, selected], tokens[:, 0]], dim=1)
         return [
             Segmentation(
                 low_res_logits=low_res[i:i + 1].float(),
@@ -224,3 +218,15 @@ class SAM2Segmenter:
         finally:
             del decoder.predict_masks
             handle.remove()
+
+
+def llm_mask_tokens(decoder: torch.nn.Module, captured: dict[str, torch.Tensor]):
+    """What the PAM fork hands the Perceiver from one tapped decoder call: [stability-selected token, token 0]
+    (B, 2, 256), plus token 0's stability (B,) and the selected decoder token (B,) (fixture README 4.1)."""
+    stability = decoder._get_stability_scores(captured["masks"][:, 0:1])[:, 0]
+    is_stable = stability >= decoder.dynamic_multimask_stability_thresh
+    best_multimask = torch.argmax(captured["ious"][:, 1:], dim=-1) + 1
+    selected = torch.where(is_stable, torch.zeros_like(best_multimask), best_multimask)
+    tokens = captured["mask_tokens"]
+    batch = torch.arange(tokens.shape[0], device=tokens.device)
+    return torch.stack([tokens[batch, selected], tokens[:, 0]], dim=1), stability, selected

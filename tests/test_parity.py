@@ -52,23 +52,31 @@ def test_release_layout_matches_reference():
     quantities = {r.quantity for r in status["PASS"]}
     assert {"sam2_mid_image_embed", "mask_logits", "visual_embeds", "inputs_embeds", "first_step_logits",
             "greedy_ids", "greedy_gencfg_ids", "input_ids", "mask_binary"} <= quantities
-    # every task of every image case was checked
+    # the video case: per-frame SAM 2 features, masks and scores, the 16 LLM frames and the 5168 embeddings
+    video = {r.quantity for r in status["PASS"] if r.case == "video_box"}
+    assert {"sam2_mid_image_embed_frame0", "sam2_mid_image_embed_frame19", "sam2_mid_mask_tokens_all_frames",
+            "masks_binary_all_frames", "object_score_per_frame", "llm_frames", "visual_embeds"} <= video
+    # every task of every case was checked, and nothing was skipped
     spec = json.loads((FIXTURE / "spec.json").read_text())
-    image_tasks = {f"{c['name']}/{t}" for c in spec["cases"] if c["type"] == "image" for t in c["tasks"]}
-    assert image_tasks == {r.case for r in status["PASS"] if r.quantity == "greedy_ids"}
-    # the video case is reported, not silently passed
-    assert [r.case for r in status["NOT SUPPORTED"]] == [c["name"] for c in spec["cases"] if c["type"] != "image"]
+    tasks = {f"{c['name']}/{t}" for c in spec["cases"] for t in c["tasks"]}
+    assert tasks == {r.case for r in status["PASS"] if r.quantity == "greedy_ids"}
+    assert any(c["type"] == "video" for c in spec["cases"])
+    assert not status.get("NOT SUPPORTED")
+
+
+IMAGE_CASES = ["--case", "image_box", "--case", "image_points"]  # the video case runs in the first test
 
 
 def test_plain_layout_matches_reference_via_cli(tmp_path):
     fixture = _fixture_copy(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture)],
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "0 failed" in proc.stdout and "NOT SUPPORTED" in proc.stdout
+    assert "0 failed, 0 not supported" in proc.stdout
     rows = [line for line in proc.stdout.splitlines() if line.rstrip().endswith("PASS")]
     assert len(rows) >= 40
     assert any(line.startswith("image_points/brief_cap_en") and "greedy_gencfg_ids" in line for line in rows)
+    assert not any(line.startswith("video_box") for line in rows)
 
 
 def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
@@ -76,10 +84,16 @@ def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
         state["model.mm_projector_semT.2.bias"] = (state["model.mm_projector_semT.2.bias"].float() + 0.01).to(torch.bfloat16)
 
     fixture = _fixture_copy(tmp_path, nudge)
-    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture)],
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
     failed = [line for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL") or " FAIL " in line]
     assert any("visual_embeds" in line for line in failed)
     # SAM 2 is untouched by the nudge, so its features still pass
     assert any("sam2_mid_image_embed" in line and "PASS" in line for line in proc.stdout.splitlines())
+
+
+def test_parity_names_an_unknown_case():
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(FIXTURE), "--case", "video_points"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no case video_points" in proc.stderr and "video_box" in proc.stderr

@@ -64,7 +64,7 @@ def cmd_eval(args) -> int:
         return 0
 
     from ..cli import load_pam
-    from ..engine import GenerationSettings
+    from ..generation import GenerationSettings
     from ..tasks import resolve_task
     from .metrics import EvalError, SentenceEmbedder, require_java
     from .runner import EvalRun, format_table, predict, score, write_results

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..engine import GenerationSettings
+from ..generation import GenerationSettings
 from ..io import write_atomic, write_json
 from .annotations import Annotation
 from .metrics import (CAPTION_METRICS, DEFAULT_TASKS, RECOGNITION_METRICS, EvalError, SentenceEmbedder,
