@@ -1,1 +1,19 @@
-"""FiftyOne plugin for PAM region labels and captions, thin over pam_core. Operators arrive with issue #6."""
+"""FiftyOne plugin for PAM region labels and captions, a thin adapter over pam_core.
+
+As a plugin (this folder under FIFTYONE_PLUGINS_DIR) it registers the `describe_regions` and
+`search_captions` operators and the `region_texts` modal panel. As a package it offers
+`apply_pam(...)` for curation scripts and `PAMRegionModel` for `apply_model`.
+"""
+
+from .core import apply_pam, caption_search_view
+from .model import PAMRegionModel
+from .operators import DescribeRegions, SearchCaptions
+from .panel import RegionTexts
+
+__all__ = ["apply_pam", "caption_search_view", "PAMRegionModel", "register"]
+
+
+def register(plugin):
+    plugin.register(DescribeRegions)
+    plugin.register(SearchCaptions)
+    plugin.register(RegionTexts)
