@@ -6,6 +6,8 @@ with its category, definition, function and captions.
 
 from __future__ import annotations
 
+import re
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -15,6 +17,14 @@ SHOWN_ATTRIBUTES = (("definition", "Definition"), ("function", "Function"), ("br
                     ("caption", "Caption"), ("answer", "Answer"))
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def _literal(text: str) -> str:
+    """Model text shown as written: Markdown characters escaped, line breaks kept."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
 def region_texts_markdown(sample, label_fields, selected_ids=frozenset()) -> str:
     """Markdown of the regions' texts in `label_fields` of `sample`; only `selected_ids` when some are selected."""
     sections = []
@@ -22,13 +32,13 @@ def region_texts_markdown(sample, label_fields, selected_ids=frozenset()) -> str
         detections = sample[field].detections if sample.get_field(field) is not None else []
         shown = [d for d in detections if not selected_ids or d.id in selected_ids]
         for number, detection in enumerate(shown, start=1):
-            lines = [f"### {field} #{number}: {detection.label or '(no category)'}"]
+            lines = [f"**{field} #{number}: {_literal(detection.label) if detection.label else '(no category)'}**"]
             if detection.confidence is not None:
                 lines.append(f"*mask score {detection.confidence:.2f}*")
             for attribute, title in SHOWN_ATTRIBUTES:
                 text = detection.get_attribute_value(attribute, None)
                 if text:
-                    lines.append(f"**{title}:** {text}")
+                    lines.append(f"**{title}:** {_literal(text)}")
             sections.append("\n\n".join(lines))
     return "\n\n---\n\n".join(sections) if sections else "No PAM regions on this sample."
 
