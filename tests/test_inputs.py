@@ -79,8 +79,9 @@ def _same_result(a, b) -> None:
     assert a.mask.shape == b.mask.shape == (HEIGHT, WIDTH) and a.mask.dtype == b.mask.dtype == bool
     assert np.array_equal(a.mask, b.mask)
     assert a.box == b.box
-    assert a.mask_score == b.mask_score
-    assert a.object_score == b.object_score
+    # batched and single decoder passes round differently in the last bits; masks and ids must not change
+    assert a.mask_score == pytest.approx(b.mask_score, rel=1e-5, abs=1e-6)
+    assert a.object_score == pytest.approx(b.object_score, rel=1e-5, abs=1e-6)
     assert a.token_ids == b.token_ids
     assert a.text == b.text
     assert a.fields == b.fields
@@ -173,7 +174,7 @@ def test_grayscale_forms_match_gray_replicated_to_rgb(pam, rgb, reference, tmp_p
 def test_box_overhanging_the_edge_is_clipped(joint):
     results, _ = joint
     overhang, clipped = results[INDEX["overhang"]], results[INDEX["box"]]
-    assert overhang.token_ids, "generation produced no token"
+    assert overhang.token_ids[overhang.task], "generation produced no token"
     _same_result(overhang, clipped)
 
 
@@ -194,7 +195,7 @@ def test_mask_prompt_returns_the_input_mask(joint):
     assert result.mask_score == 1.0
     assert result.object_score > 0
     assert isinstance(result.text, str) and result.text.strip()
-    assert 0 < len(result.token_ids) <= 4
+    assert 0 < len(result.token_ids[result.task]) <= 4
     assert result.to_dict()["mask_area"] == int(mask.sum())
 
 
@@ -222,7 +223,7 @@ def test_several_regions_in_one_call_equal_one_call_each(pam, joint):
     results, calls = joint
     assert [r.index for r in results] == list(range(len(REGIONS)))
     assert [r.prompt for r in results] == ["box", "box", "box", "points", "mask"]
-    assert calls == [(i, len(REGIONS)) for i in range(len(REGIONS) + 1)]
+    assert calls == [(0, len(REGIONS)), (len(REGIONS), len(REGIONS))]  # one batch of regions, then done
     # the regions are not all alike, so the comparison below is not vacuous
     assert len({results[INDEX[name]].mask.tobytes() for name in ("box", "points", "mask")}) == 3
     torch.manual_seed(99)  # greedy decoding must not depend on the global RNG
@@ -261,7 +262,7 @@ def test_bfloat16_on_cpu_loads_and_describes():
     [result] = pam16.describe(IMAGE, [Region.from_box(CLIPPED)], generation=FAST)
     assert isinstance(result.text, str)
     assert result.mask.shape == (HEIGHT, WIDTH) and result.mask.dtype == bool
-    assert 0 < len(result.token_ids) <= 4
+    assert 0 < len(result.token_ids[result.task]) <= 4
     assert np.isfinite(result.mask_score) and np.isfinite(result.object_score)
 
 

@@ -35,7 +35,7 @@ def test_describe_is_deterministic_and_complete(synthetic_pam):
     assert [r.token_ids for r in first] == [r.token_ids for r in second]
     for result in first:
         assert result.mask.shape == (120, 160) and result.mask.dtype == bool
-        assert len(result.token_ids) == 6
+        assert len(result.token_ids["detailed"]) == 6
         assert isinstance(result.text, str)
         assert set(result.to_dict()) >= {"box", "mask_score", "object_score", "text", "task", "lang"}
 
