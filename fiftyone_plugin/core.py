@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from pam_core import PAM, GenerationSettings
+from pam_core import PAM, AutoMaskSettings, GenerationSettings
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
 from pam_core.errors import PAMError, PromptError
 from pam_core.io import load_image
@@ -22,6 +22,7 @@ from pam_core.io import load_image
 from .labels import PROMPT_LABEL_TYPES, check_tasks, detection_from_result, regions_from_label
 
 DEFAULT_TASKS = ("category", "detailed")
+DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions
 RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the settings of the run that wrote it
 SAVE_BATCH_SIZE = 16
 
@@ -48,17 +49,18 @@ def model_name(model) -> str:
 
 
 def describe_sample(pam: PAM, image, prompt_label, tasks: Sequence[str], lang: str, generation: GenerationSettings,
-                    max_regions: int, name: str, mask_dir: Optional[Path] = None, sample_id: str = "") -> fo.Detections:
+                    auto: AutoMaskSettings, name: str, mask_dir: Optional[Path] = None,
+                    sample_id: str = "") -> fo.Detections:
     """One image's PAM labels: the prompt label's regions, or automatic regions when `prompt_label` is False."""
     image = load_image(image)
     width, height = image.size
     if prompt_label is False:
-        results = pam.describe_everything(image, task=list(tasks), lang=lang, max_regions=max_regions,
-                                          generation=generation)
+        results = pam.describe_everything(image, task=list(tasks), lang=lang, generation=generation,
+                                          auto=auto)
         prompt_names = [None] * len(results)
     else:
         regions, prompt_names = regions_from_label(prompt_label, width, height)
-        results = _describe_tasks(pam, image, regions, tasks, lang, generation) if regions else []
+        results = pam.describe(image, regions, task=list(tasks), lang=lang, generation=generation) if regions else []
     detections = []
     for result, prompt_name in zip(results, prompt_names):
         mask_file = mask_dir / f"{sample_id}_{result.index:03d}.png" if mask_dir is not None else None
@@ -66,19 +68,6 @@ def describe_sample(pam: PAM, image, prompt_label, tasks: Sequence[str], lang: s
         if detection is not None:
             detections.append(detection)
     return fo.Detections(detections=detections)
-
-
-def _describe_tasks(pam: PAM, image, regions, tasks: Sequence[str], lang: str, generation: GenerationSettings):
-    """Every task for every region. Until pam_core's describe takes a task list, one call per task."""
-    per_task = [pam.describe(image, regions, task=task, lang=lang, generation=generation) for task in tasks]
-    merged = per_task[0]
-    for result in merged:
-        result.texts = {}
-    for task, results in zip(tasks, per_task):
-        for target, result in zip(merged, results):
-            target.texts[result.task if result.task != "free" else task] = result.text
-            target.fields = {**result.fields, **target.fields}
-    return merged
 
 
 def run_settings(prompt_field, tasks, lang, model) -> dict:
@@ -111,13 +100,14 @@ def check_prompt_field(dataset: fo.Dataset, prompt_field: str) -> None:
 
 def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[str] = None,
             tasks: Sequence[str] | str = DEFAULT_TASKS, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
-            overwrite: bool = False, max_regions: int = 32, max_new_tokens: int = 512,
-            generation: Optional[GenerationSettings] = None, mask_dir: Optional[str | os.PathLike] = None,
-            device: str = "auto", dtype: Optional[str] = None,
+            overwrite: bool = False, max_regions: int = DEFAULT_MAX_REGIONS, max_new_tokens: int = 512,
+            generation: Optional[GenerationSettings] = None, auto: Optional[AutoMaskSettings] = None,
+            mask_dir: Optional[str | os.PathLike] = None, device: str = "auto", dtype: Optional[str] = None,
             local_files_only: Optional[bool] = None) -> Iterator[tuple[int, int]]:
     """`apply_pam` as a generator: yields (samples done, samples to do) after each sample; returns the summary."""
     tasks = check_tasks(tasks, lang)
     generation = generation or GenerationSettings(max_new_tokens=max_new_tokens)
+    auto = auto or AutoMaskSettings(max_regions=max_regions)
     dataset = sample_collection._dataset
     settings = run_settings(prompt_field, tasks, lang, model)
     check_target_field(dataset, label_field, settings, overwrite)
@@ -132,9 +122,6 @@ def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[
     if total == 0:
         return summary
     pam = load_pam(model, sam2, device, dtype, local_files_only)
-    if prompt_field is None and not hasattr(pam, "describe_everything"):
-        raise ValueError("describing everything (no prompt field) needs pam_core's describe_everything, "
-                         "which this pam_core lacks; give a prompt field")
     dataset.info.setdefault(RUNS_INFO_KEY, {})[label_field] = settings
     dataset.save()
     if label_field not in dataset.get_field_schema():
@@ -146,7 +133,7 @@ def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[
         for done, sample in enumerate(todo.iter_samples(), start=1):
             try:
                 labels = describe_sample(pam, sample.filepath, sample[prompt_field] if prompt_field else False,
-                                         tasks, lang, generation, max_regions, model_name(model),
+                                         tasks, lang, generation, auto, model_name(model),
                                          Path(mask_dir) if mask_dir else None, sample.id)
                 sample[label_field], sample[error_field] = labels, None
                 summary["regions"] += len(labels.detections)
@@ -170,7 +157,8 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     the regions; None describes everything (automatic regions). `tasks`: as in the CLI (category,
     definition, brief, detailed or a free instruction). Samples already done are skipped unless
     `overwrite`; a sample that fails records its error in `<label_field>_error` and the run continues.
-    Other keyword arguments: `max_regions`, `max_new_tokens`, `generation`, `mask_dir` (write masks as PNGs),
+    Other keyword arguments: `max_regions`, `max_new_tokens`, `generation` (a GenerationSettings), `auto` (an
+    AutoMaskSettings for describe-everything), `mask_dir` (write masks there as PNGs instead of inline),
     `device`, `dtype`, `local_files_only`. Returns a summary dict (samples, skipped, failed, regions, errors).
     """
     steps = run_pam(sample_collection, label_field, prompt_field, tasks, lang, model, sam2, overwrite, **kwargs)

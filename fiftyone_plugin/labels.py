@@ -11,7 +11,7 @@ from PIL import Image
 
 from pam_core import Region
 from pam_core.errors import PromptError, TaskError
-from pam_core.tasks import resolve_task
+from pam_core.engine import resolve_tasks
 
 # Where each task's text goes on a Detection. `label` is PAM's category; free instructions go to `answer`.
 TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption",
@@ -23,13 +23,8 @@ PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
 def check_tasks(tasks: Sequence[str] | str, lang: str) -> tuple[str, ...]:
     """Task names as the CLI takes them (category, definition, brief, detailed, or one free instruction)."""
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    if not tasks:
-        raise TaskError("give at least one task (category, definition, brief, detailed or a free instruction)")
-    kinds = [resolve_task(t, lang).name for t in tasks]
-    if kinds.count("free") > 1:
+    if [task.name for task in resolve_tasks(tasks, lang)].count("free") > 1:
         raise TaskError("only one free instruction per run: its answer is stored in the `answer` attribute")
-    if len(set(kinds)) != len(kinds):
-        raise TaskError(f"tasks repeat: {list(tasks)}")
     return tasks
 
 

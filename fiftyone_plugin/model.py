@@ -6,10 +6,10 @@ from typing import Optional, Sequence
 
 import fiftyone.core.models as fom
 
-from pam_core import GenerationSettings
+from pam_core import AutoMaskSettings, GenerationSettings
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
 
-from .core import DEFAULT_TASKS, describe_sample, load_pam, model_name
+from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, describe_sample, load_pam, model_name
 from .labels import check_tasks
 
 
@@ -21,12 +21,13 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
     """
 
     def __init__(self, model=DEFAULT_MODEL, sam2=DEFAULT_SAM2, tasks: Sequence[str] | str = DEFAULT_TASKS,
-                 lang: str = "en", max_regions: int = 32, max_new_tokens: int = 512, device: str = "auto",
-                 dtype: Optional[str] = None, local_files_only: Optional[bool] = None):
+                 lang: str = "en", max_regions: int = DEFAULT_MAX_REGIONS, max_new_tokens: int = 512,
+                 auto: Optional[AutoMaskSettings] = None, device: str = "auto", dtype: Optional[str] = None,
+                 local_files_only: Optional[bool] = None):
         super().__init__()
         self.tasks = check_tasks(tasks, lang)
         self.lang = lang
-        self.max_regions = max_regions
+        self.auto = auto or AutoMaskSettings(max_regions=max_regions)
         self.generation = GenerationSettings(max_new_tokens=max_new_tokens)
         self.model_name = model_name(model)
         self.pam = load_pam(model, sam2, device, dtype, local_files_only)
@@ -55,5 +56,5 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
     def predict(self, arg, sample=None):
         prompt_field = (self.needs_fields or {}).get("prompt_field")
         prompt = sample.get_field(prompt_field) if prompt_field else False
-        return describe_sample(self.pam, arg, prompt, self.tasks, self.lang, self.generation, self.max_regions,
+        return describe_sample(self.pam, arg, prompt, self.tasks, self.lang, self.generation, self.auto,
                                self.model_name)

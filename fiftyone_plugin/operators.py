@@ -9,7 +9,7 @@ import fiftyone.operators.types as types
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
 from pam_core.tasks import LANGUAGES, TASK_NAMES
 
-from .core import DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
+from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
 from .labels import PROMPT_LABEL_TYPES, text_fields
 
 AUTOMATIC = "__automatic__"
@@ -57,7 +57,7 @@ class DescribeRegions(foo.Operator):
                     description="Redo samples already done (otherwise they are skipped and an interrupted run resumes)")
         inputs.str("model", default=DEFAULT_MODEL, label="PAM checkpoint (Hub id or folder)")
         inputs.str("sam2", default=DEFAULT_SAM2, label="SAM 2.1 weights (Hub id or file)")
-        inputs.int("max_regions", default=32, label="Max automatic regions per image")
+        inputs.int("max_regions", default=DEFAULT_MAX_REGIONS, label="Max automatic regions per image")
         inputs.int("max_new_tokens", default=512, label="Max new tokens per text")
         return types.Property(inputs, view=types.View(label="PAM: describe regions"))
 
@@ -72,8 +72,9 @@ class DescribeRegions(foo.Operator):
             prompt_field=None if prompt_field == AUTOMATIC else prompt_field, tasks=tasks,
             lang=params.get("lang", "en"), model=params.get("model") or DEFAULT_MODEL,
             sam2=params.get("sam2") or DEFAULT_SAM2, overwrite=bool(params.get("overwrite", False)),
-            max_regions=int(params.get("max_regions", 32)), max_new_tokens=int(params.get("max_new_tokens", 512)),
-            local_files_only=True if not params.get("allow_download") else None)
+            max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)),
+            max_new_tokens=int(params.get("max_new_tokens", 512)),
+            local_files_only=True)  # the App never downloads weights; see the README for fetching them
         while True:
             try:
                 done, total = next(steps)

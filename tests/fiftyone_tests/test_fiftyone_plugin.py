@@ -16,7 +16,7 @@ import fiftyone.zoo as foz
 from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.core import run_pam
 from fiftyone_plugin.panel import region_texts_markdown
-from pam_core import Region
+from pam_core import AutoMaskSettings, Region
 
 FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
 pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
@@ -65,19 +65,19 @@ def test_apply_pam_writes_one_detection_per_prompt_with_the_engines_texts(pam, i
     sample = dataset.first()
     detections = sample.pam.detections
     assert [d.prompt_label for d in detections] == ["rectangle", "disc"]
-    box = SHAPES["rectangle"]
-    [category] = pam.describe(images[0], [Region.from_box(box)], task="category",
-                              generation=pam_settings())
-    [detailed] = pam.describe(images[0], [Region.from_box(box)], task="detailed", generation=pam_settings())
-    rectangle = detections[0]
-    assert rectangle.label == category.fields["label"]
-    assert rectangle.caption == detailed.text
-    assert rectangle.lang == "en" and rectangle.pam_model == "PAM"
-    assert rectangle.confidence == pytest.approx(category.mask_score)
-    # The mask comes back cropped to its tight box, which is the engine's box in relative coordinates.
-    x0, y0, x1, y1 = category.box
-    assert rectangle.bounding_box == pytest.approx(relative_box((x0, y0, x1, y1)))
-    assert rectangle.mask.shape == (y1 - y0, x1 - x0) and rectangle.mask.sum() == category.mask.sum()
+    # Exactly what pam_core says for the same regions and tasks.
+    expected = pam.describe(images[0], [Region.from_box(SHAPES["rectangle"]), Region.from_box(SHAPES["disc"])],
+                            task=["category", "detailed"], generation=pam_settings())
+    for detection, result in zip(detections, expected):
+        assert detection.label == result.fields["label"]
+        assert detection.caption == result.texts["detailed"]
+        assert detection.lang == "en" and detection.pam_model == "PAM"
+        assert detection.confidence == pytest.approx(result.mask_score)
+        assert detection.object_score == pytest.approx(result.object_score)
+        # The mask comes back cropped to its tight box, which is the engine's box in relative coordinates.
+        x0, y0, x1, y1 = (int(v) for v in result.box)
+        assert detection.bounding_box == pytest.approx(relative_box((x0, y0, x1, y1)))
+        assert np.array_equal(detection.mask, result.mask[y0:y1, x0:x1])
     schema = dataset.get_field_schema(flat=True)
     for attribute in ("caption", "pam_model", "lang", "prompt_label", "object_score"):
         assert f"pam.detections.{attribute}" in schema, attribute
@@ -194,6 +194,30 @@ def test_apply_model_with_a_prompt_field(pam, images):
     assert dataset.count("pam.detections") == 2
     first = dataset.first().pam.detections[0]
     assert first.label and first.brief_caption and first.mask is not None
+
+
+# Few automatic prompts and no quality thresholds: the random fixture model finds regions, and fast.
+CHEAP_AUTO = AutoMaskSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, max_regions=2)
+
+
+def test_apply_pam_describes_everything_without_prompts(pam, images):
+    dataset = boxes_dataset(images[:1], "pam-everything")
+    summary = apply_pam(dataset, tasks=("category", "brief"), model=pam, max_new_tokens=TOKENS, auto=CHEAP_AUTO)
+    expected = pam.describe_everything(images[0], task=["category", "brief"], generation=pam_settings(),
+                                       auto=CHEAP_AUTO)
+    detections = dataset.first().pam.detections
+    assert summary["regions"] == len(expected) == len(detections) >= 1
+    assert [(d.label, d.brief_caption) for d in detections] == \
+        [(r.fields["label"], r.texts["brief"]) for r in expected]
+    assert all(d.get_attribute_value("prompt_label", None) is None for d in detections)
+
+
+def test_apply_model_without_a_prompt_field_describes_everything(pam, images):
+    dataset = boxes_dataset(images[:1], "pam-apply-model-auto")
+    model = PAMRegionModel(model=pam, tasks="category", max_new_tokens=TOKENS, auto=CHEAP_AUTO)
+    dataset.apply_model(model, label_field="pam")
+    assert dataset.count("pam.detections") >= 1
+    assert dataset.first().pam.detections[0].label
 
 
 def test_zoo_model_loads_from_a_registered_source(images, tmp_path):
@@ -318,6 +342,7 @@ def test_search_captions_operator_finds_words_inside_captions(captioned, query, 
 def test_panel_markdown_shows_full_texts(captioned):
     sample = captioned.first()
     text = region_texts_markdown(sample, ["pam"])
-    assert "umbrella" in text and "A red umbrella stands open on the sand." in text
+    # Markdown characters in model text are escaped, so the App shows the text as written.
+    assert "**pam #1: umbrella**" in text and r"**Caption:** A red umbrella stands open on the sand\." in text
     other = captioned.last().pam.detections[0].id
     assert region_texts_markdown(sample, ["pam"], {other}) == "No PAM regions on this sample."
