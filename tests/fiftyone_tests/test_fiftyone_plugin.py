@@ -258,6 +258,33 @@ def test_plugin_registers_its_operators_and_panel():
     assert {f"{PLUGIN}/describe_regions", f"{PLUGIN}/search_captions", f"{PLUGIN}/region_texts"} <= uris
 
 
+def test_plugin_installs_with_fiftyone_plugins_download(tmp_path, monkeypatch):
+    """`fiftyone plugins download <archive url> --plugin-names @pam-suite/pam` from a local HTTP server."""
+    import functools
+    import http.server
+    import threading
+
+    import fiftyone.plugins as fop
+
+    repo = tmp_path / "archive" / "pam-suite"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "fiftyone_plugin", repo / "fiftyone_plugin",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.make_archive(str(tmp_path / "served" / "pam-suite"), "zip", tmp_path / "archive")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(fo.config, "plugins_dir", str(tmp_path / "plugins"))
+    try:
+        fop.download_plugin(f"http://127.0.0.1:{server.server_port}/pam-suite.zip", plugin_names=[PLUGIN])
+    finally:
+        server.shutdown()
+        server.server_close()
+    plugin = fop.get_plugin(PLUGIN)
+    assert Path(plugin.directory) == tmp_path / "plugins" / "@pam-suite" / "pam"
+    assert {"describe_regions", "search_captions"} <= set(plugin.operators) and plugin.panels == ["region_texts"]
+    assert {f"{PLUGIN}/describe_regions", f"{PLUGIN}/search_captions"} <= {op.uri for op in foo.list_operators()}
+
+
 def test_describe_operator_runs_immediately(images):
     dataset = boxes_dataset(images[:2], "pam-operator")
     result = foo.execute_operator(f"{PLUGIN}/describe_regions",
