@@ -13,9 +13,9 @@ from pam_core import Region
 from pam_core.errors import PromptError, TaskError
 from pam_core.engine import resolve_tasks
 
-# Where each task's text goes on a Detection. `label` is PAM's category; free instructions go to `answer`.
-TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption",
-                   "free": "answer"}
+# Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction
+# (keyed by the instruction itself in RegionResult.texts) goes to `answer`, the instruction to `instruction`.
+TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption"}
 TEXT_ATTRIBUTES = ("label", "definition", "function", "caption", "brief_caption", "answer")
 PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
 
@@ -77,9 +77,10 @@ def detection_from_result(result, model_name: str, prompt_label: Optional[str] =
         return None
     attributes = {"pam_model": model_name, "lang": result.lang, "object_score": float(result.object_score)}
     for task, text in result.texts.items():
-        attributes[TASK_ATTRIBUTES.get(task, "answer")] = text
-        if TASK_ATTRIBUTES.get(task, "answer") == "answer":
-            attributes["instruction"] = task
+        if task in TASK_ATTRIBUTES:
+            attributes[TASK_ATTRIBUTES[task]] = text
+        else:
+            attributes["answer"], attributes["instruction"] = text, task
     for name, value in result.fields.items():
         if value:  # parsed fields (label, definition, function) win over the raw text of their task
             attributes[name] = value

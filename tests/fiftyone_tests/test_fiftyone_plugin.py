@@ -150,6 +150,19 @@ def test_existing_fields_are_never_overwritten_unless_asked(pam, images):
     assert all(d.brief_caption and d.label is None for d in dataset.first().pam.detections)
 
 
+def test_free_instruction_goes_to_answer(pam, images):
+    dataset = boxes_dataset(images[:1], "pam-free")
+    instruction = "What colour is this shape?"
+    apply_pam(dataset, prompt_field="ground_truth", tasks=("category", instruction), model=pam, max_new_tokens=TOKENS)
+    [expected] = pam.describe(images[0], [Region.from_box(SHAPES["rectangle"])], task=["category", instruction],
+                              generation=pam_settings())
+    [detection] = dataset.first().pam.detections
+    assert detection.instruction == instruction and detection.answer == expected.texts[instruction]
+    with pytest.raises(ValueError, match="one free instruction"):
+        apply_pam(dataset, label_field="pam2", prompt_field="ground_truth",
+                  tasks=(instruction, "Name its colour please"), model=pam)
+
+
 def test_masks_can_live_on_disk(pam, images, tmp_path):
     dataset = boxes_dataset(images[:1], "pam-mask-files")
     apply_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam, max_new_tokens=TOKENS,
@@ -281,7 +294,7 @@ def test_plugin_installs_with_fiftyone_plugins_download(tmp_path, monkeypatch):
         server.server_close()
     plugin = fop.get_plugin(PLUGIN)
     assert Path(plugin.directory) == tmp_path / "plugins" / "@pam-suite" / "pam"
-    assert {"describe_regions", "search_captions"} <= set(plugin.operators) and plugin.panels == ["region_texts"]
+    assert set(plugin.operators) == {"describe_regions", "search_captions", "region_texts"}
     assert {f"{PLUGIN}/describe_regions", f"{PLUGIN}/search_captions"} <= {op.uri for op in foo.list_operators()}
 
 
@@ -304,7 +317,6 @@ def test_describe_operator_on_selected_samples(images):
 
 
 def test_describe_operator_runs_delegated_by_the_service(images):
-    from fiftyone.factory.repos.delegated_operation import DelegatedOperationDocument  # noqa: F401
     from fiftyone.operators.delegated import DelegatedOperationService
 
     dataset = boxes_dataset(images[:1], "pam-delegated")
@@ -333,6 +345,9 @@ def test_execution_options_offer_delegation_for_large_views(images):
         options[dataset.name] = operator.resolve_execution_options(ctx).to_dict()
     assert options["pam-small"]["allow_immediate_execution"] and not options["pam-small"]["default_choice_to_delegated"]
     assert not options["pam-large"]["allow_immediate_execution"] and options["pam-large"]["allow_delegated_execution"]
+    form = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert {"prompt_field", "tasks", "instruction", "lang", "label_field", "overwrite", "model", "sam2"} <= set(form)
+    assert "ground_truth" in form["prompt_field"]["type"]["values"]
 
 
 @pytest.fixture
