@@ -17,7 +17,7 @@ from PIL import Image
 
 import fiftyone as fo
 
-from conftest import ARTIFACTS, free_port
+from .conftest import ARTIFACTS, free_port
 from fiftyone_plugin import apply_pam
 
 FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
