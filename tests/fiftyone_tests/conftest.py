@@ -4,6 +4,7 @@ database name, this repository's plugin in a temporary plugins dir, and nothing 
 FiftyOne reads its config when it is imported, so the environment is set here, before any test imports it.
 """
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pam-fiftyone-"))
+atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)  # also when no test of this folder ran
 PLUGINS_DIR = SESSION_DIR / "plugins"
 PLUGINS_DIR.mkdir()
 (PLUGINS_DIR / "pam").symlink_to(REPO / "fiftyone_plugin", target_is_directory=True)
