@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="compare against a golden fixture of the official implementation")
     p.add_argument("fixture", help="fixture folder (checkpoint/, sam2/, spec.json, cases/)")
     p.add_argument("--device", default="cpu")
+
+    from .evaluation.cli import add_eval_parser  # `pam eval ...`
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -99,9 +103,23 @@ def _regions(args) -> list:
     return regions
 
 
+def load_pam(args, **options):
+    """PAM from the --model, --sam2, --sam2-config, --device, --dtype and --local-files-only options;
+    `options` go to `PAM.from_pretrained` (max_batch, cache_size)."""
+    from .engine import PAM
+
+    start = time.time()
+    _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
+    kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
+                  local_files_only=True if args.local_files_only else None, **options)
+    pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
+    _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
+    return pam
+
+
 def cmd_describe(args) -> int:
     from .automask import AutoMaskSettings
-    from .engine import PAM, GenerationSettings, resolve_tasks
+    from .engine import GenerationSettings, resolve_tasks
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
 
     tasks = args.task or ["category"]
@@ -119,11 +137,7 @@ def cmd_describe(args) -> int:
     (out / "results.json").unlink(missing_ok=True)  # results.json marks a complete run; drop a stale one first
 
     start = time.time()
-    _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
-    kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
-                  local_files_only=True if args.local_files_only else None, max_batch=args.max_batch, cache_size=0)
-    pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
-    _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
+    pam = load_pam(args, max_batch=args.max_batch, cache_size=0)
     progress = lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)")  # noqa: E731
     if args.everything:
         results = pam.describe_everything(image, task=tasks, lang=args.lang, generation=settings, auto=auto,
@@ -161,7 +175,9 @@ def cmd_parity(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"describe": cmd_describe, "parity": cmd_parity}
+    from .evaluation.cli import cmd_eval
+
+    commands = {"describe": cmd_describe, "parity": cmd_parity, "eval": cmd_eval}
     try:
         return commands[args.command](args)
     except PAMError as exc:

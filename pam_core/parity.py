@@ -7,6 +7,7 @@ provides is compared with the tolerances of its README (section 5); a missing fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,26 @@ def fixture_sam2_weights(fixture: Path) -> Path:
 
 def run_parity(fixture: str | Path, device: str = "cpu",
                report: Optional[Callable[[ParityRow], None]] = None) -> list[ParityRow]:
-    """Load the fixture's checkpoint, run every case and compare; `report` sees each row as it is made."""
-    fixture = Path(fixture)
+    """Load the fixture's checkpoint, run every case and compare; `report` sees each row as it is made.
+
+    On CUDA, TF32 is switched off for the run: PyTorch lets cuDNN convolutions use it by default, which
+    moves SAM 2's features by ~1e-3, and a parity check compares IEEE float32.
+    """
+    with _ieee_float32():
+        return _run_parity(Path(fixture), device, report)
+
+
+@contextlib.contextmanager
+def _ieee_float32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _run_parity(fixture: Path, device: str, report: Optional[Callable[[ParityRow], None]]) -> list[ParityRow]:
     spec_file = fixture / "spec.json"
     if not spec_file.is_file():
         raise CheckpointError(f"{fixture} is not a parity fixture (no spec.json)")

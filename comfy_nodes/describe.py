@@ -1,0 +1,216 @@
+"""The nodes that ask PAM about regions: prompts or masks in, masks and text out (thin over pam_core)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management as mm
+import comfy.utils
+from pam_core import (PAM, LANGUAGES, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region,
+                      RegionResult, TaskError)
+from pam_core.automask import ORDERS
+
+from .loader import LoadedPAM, PamModel
+from .prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from .regions import PAMRegions
+
+PamRegions = io.Custom("PAM_REGIONS")
+CUSTOM_TASK = "custom instruction"
+
+# (engine, image index, that image [H, W, C], generation settings, progress callback) -> its regions
+DescribeImage = Callable[[PAM, int, torch.Tensor, GenerationSettings, Callable], list[RegionResult]]
+NO_REGION = ("no region to describe: click on the image in the editor (left = positive point, right = negative "
+             "point, drag = box), or connect points, bboxes or a mask")
+
+
+def text_inputs() -> list:
+    """Task, language and length inputs shared by every describe node."""
+    return [
+        io.Combo.Input("task", options=[*TASK_NAMES, CUSTOM_TASK], default="brief",
+                       tooltip="category: a label; definition: label + definition; brief / detailed: a caption; "
+                               "custom instruction: the instruction text below."),
+        io.Combo.Input("lang", options=list(LANGUAGES), default="en", tooltip="Language of the text (en, zh)."),
+        io.String.Input("instruction", default="", multiline=False, optional=True,
+                        tooltip="Your own instruction (several words), used when task is 'custom instruction'."),
+        io.Int.Input("max_new_tokens", default=512, min=1, max=4096, optional=True,
+                     tooltip="Longest text per region, in tokens (generation is greedy, so results repeat)."),
+        io.String.Input("more_tasks", default="", optional=True,
+                        tooltip="Further tasks for every region, comma-separated (e.g. 'category, detailed'); "
+                                "each region's image features are computed once for all of its texts."),
+    ]
+
+
+def region_outputs() -> list:
+    return [io.Mask.Output(display_name="masks", tooltip="One mask per region, image by image [N, H, W]."),
+            io.String.Output(display_name="captions", tooltip="One line of text per region."),
+            PamRegions.Output(display_name="regions", tooltip="Masks, boxes, scores and texts for the "
+                                                                "Regions to Text / JSON and Overlay nodes.")]
+
+
+def resolve_tasks(task: str, instruction: str | None, more_tasks: str | None) -> list[str]:
+    """The task list pam.describe takes: the chosen task (or the custom instruction), then `more_tasks`."""
+    if task == CUSTOM_TASK:
+        if not (instruction or "").strip():
+            raise TaskError("task is 'custom instruction' but the instruction text is empty")
+        task = instruction.strip()
+    more = [name.strip() for name in (more_tasks or "").split(",") if name.strip()]
+    unknown = [name for name in more if name not in TASK_NAMES]
+    if unknown:
+        raise TaskError(f"more_tasks: {', '.join(map(repr, unknown))} not among {', '.join(TASK_NAMES)}")
+    return list(dict.fromkeys([task, *more]))
+
+
+def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: DescribeImage,
+                   max_new_tokens: int) -> io.NodeOutput:
+    """Every image of an IMAGE batch [B, H, W, C] through `describe_image`. The progress bar counts regions
+    as the engine reports them (before each batch of regions; the total grows as images report their
+    region counts), and each report is where a Cancel takes effect."""
+    batch, height, width = image.shape[0], image.shape[1], image.shape[2]
+    bar = comfy.utils.ProgressBar(batch)
+    done = 0
+
+    def progress_of(image_index: int):
+        def progress(index: int, count: int, _message: str) -> None:
+            mm.throw_exception_if_processing_interrupted()
+            if count:  # 0 while the regions are still being found
+                bar.update_absolute(done + index, total=done + count * (batch - image_index))
+        return progress
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    per_image = []
+    with pam_model.running() as pam:
+        for i in range(batch):
+            per_image.append(describe_image(pam, i, image[i], settings, progress_of(i)))
+            done += len(per_image[-1])
+    found = PAMRegions(per_image, [(height, width)] * batch)
+    captions = "\n".join(found.lines())
+    return io.NodeOutput(found.masks(), captions, found, ui=ui.PreviewText(captions))
+
+
+def describe_regions(regions: list[list[Region]], tasks: list[str], lang: str) -> DescribeImage:
+    """pam.describe on each image with its own regions (`regions[image index]`); none at all is an error."""
+    if not any(regions):
+        raise PromptError(NO_REGION)
+
+    def describe_image(pam, index, frame, settings, progress):
+        return pam.describe(frame, regions[index], task=tasks, lang=lang, generation=settings,
+                            progress=progress) if regions[index] else []
+    return describe_image
+
+
+class PAMSegmentDescribe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PAMSegmentDescribe", display_name="PAM Segment & Describe", category="PAM",
+            description="Segments the clicked or connected regions with SAM 2 and describes each with PAM. "
+                        "In the editor: left-click = positive point, right-click = negative point, drag = box. "
+                        "Each box is one region; all points together are one region (or one per positive "
+                        "point); every mask of the optional mask input is one region. The same prompts apply "
+                        "to every image of a batch.",
+            inputs=[
+                PamModel.Input("pam_model"),
+                io.Image.Input("image"),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip='Set by the editor: {"positive": [{"x":..,"y":..}], "negative": [...], '
+                                        '"boxes": [[x0,y0,x1,y1]]} in image pixels. A KJNodes point list works too.'),
+                *text_inputs(),
+                io.Boolean.Input("each_point_is_a_region", default=False, optional=True,
+                                 tooltip="On: every positive point is its own region (negative points apply to "
+                                         "all). Off: all points describe one region."),
+                io.String.Input("positive_points", force_input=True, optional=True,
+                                tooltip='Positive points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+                io.String.Input("negative_points", force_input=True, optional=True,
+                                tooltip='Negative points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+                io.BBOX.Input("bboxes", optional=True, tooltip="Boxes [x0, y0, x1, y1] in pixels; each is a region."),
+                io.Mask.Input("mask", optional=True, tooltip="Masks [B, H, W]; each is a region (resized to the "
+                                                            "image if needed)."),
+            ],
+            outputs=region_outputs(),
+            is_output_node=True,  # runs on its own and shows the captions on the node
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, prompt, task, lang, instruction="", max_new_tokens=512, more_tasks="",
+                each_point_is_a_region=False, positive_points=None, negative_points=None, bboxes=None,
+                mask=None) -> io.NodeOutput:
+        prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
+                                                 parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
+        regions = prompts.regions(each_point_is_a_region)
+        if mask is not None:
+            regions += [Region(mask=m) for m in masks_for_image(mask, image.shape[1], image.shape[2])]
+        describe = describe_regions([regions] * image.shape[0], resolve_tasks(task, instruction, more_tasks), lang)
+        return describe_batch(pam_model, image, describe, max_new_tokens)
+
+
+class PAMDescribeMasks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PAMDescribeMasks", display_name="PAM Describe Masks", category="PAM",
+            description="Describes regions given as masks from any segmenter. With one image every mask is a "
+                        "region of it; with a batch of B images and B masks, mask i belongs to image i.",
+            inputs=[PamModel.Input("pam_model"), io.Image.Input("image"),
+                    io.Mask.Input("mask", tooltip="Masks [N, H, W], resized to the image when their size differs."),
+                    *text_inputs()],
+            outputs=region_outputs(),
+            is_output_node=True,  # runs on its own and shows the captions on the node
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, mask, task, lang, instruction="", max_new_tokens=512,
+                more_tasks="") -> io.NodeOutput:
+        masks = mask if mask.ndim == 3 else mask[None]
+        if image.shape[0] > 1 and masks.shape[0] != image.shape[0]:
+            raise PromptError(f"{image.shape[0]} images but {masks.shape[0]} masks: give one image with any number "
+                              f"of masks, or one mask per image")
+
+        height, width = image.shape[1], image.shape[2]
+        regions = [[Region(mask=m) for m in masks_for_image(masks if image.shape[0] == 1 else masks[i:i + 1],
+                                                            height, width)] for i in range(image.shape[0])]
+        describe = describe_regions(regions, resolve_tasks(task, instruction, more_tasks), lang)
+        return describe_batch(pam_model, image, describe, max_new_tokens)
+
+
+class PAMDescribeEverything(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = AutoMaskSettings()
+        return io.Schema(
+            node_id="PAMDescribeEverything", display_name="PAM Describe Everything", category="PAM",
+            description="Finds the objects of each image without a prompt (SAM 2's automatic mask generation: a "
+                        "grid of points, quality thresholds, overlap removal) and describes each one like a box "
+                        "around it; largest (or surest) first.",
+            inputs=[
+                PamModel.Input("pam_model"), io.Image.Input("image"), *text_inputs(),
+                io.Int.Input("max_regions", default=defaults.max_regions, min=1, max=256, optional=True,
+                             tooltip="At most this many regions per image (the text is the slow part)."),
+                io.Combo.Input("order", options=list(ORDERS), default=defaults.order, optional=True,
+                               tooltip="Keep the largest regions (area) or those SAM 2 is surest of (score)."),
+                io.Int.Input("points_per_side", default=defaults.points_per_side, min=1, max=64, optional=True,
+                             tooltip="N x N grid of point prompts (SAM 2's generator uses 32; 16 is 4x faster)."),
+                io.Float.Input("pred_iou_thresh", default=defaults.pred_iou_thresh, min=0.0, max=1.0, step=0.01,
+                               optional=True, tooltip="Drop masks whose predicted IoU is lower."),
+                io.Float.Input("stability_score_thresh", default=defaults.stability_score_thresh, min=0.0, max=1.0,
+                               step=0.01, optional=True, tooltip="Drop masks that change when the threshold moves."),
+                io.Float.Input("min_area", default=defaults.min_area, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Drop regions smaller than this fraction of the image."),
+            ],
+            outputs=region_outputs(),
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, pam_model, image, task, lang, instruction="", max_new_tokens=512, more_tasks="",
+                **automask) -> io.NodeOutput:
+        auto = AutoMaskSettings(**{name: value for name, value in automask.items() if value is not None})
+        tasks = resolve_tasks(task, instruction, more_tasks)
+
+        def describe_image(pam, _index, frame, settings, progress):
+            return pam.describe_everything(frame, task=tasks, lang=lang, generation=settings, auto=auto,
+                                           progress=progress)
+
+        return describe_batch(pam_model, image, describe_image, max_new_tokens)

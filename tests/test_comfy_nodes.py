@@ -1,0 +1,383 @@
+"""The ComfyUI node pack against a real ComfyUI 0.3.75 (from scripts/test-setup/comfyui.sh):
+(a) the pack loads and graphs, the example workflows included, run in ComfyUI's engine in a child process
+with the fixture checkpoint in models/pam; outputs equal pam_core's for the same input;
+(b) the HTTP server: POST /prompt, websocket progress / success / interruption, output files;
+(c) headless Chromium: the points/box editor gets clicks and its value reaches graphToPrompt(), on the
+frontend ComfyUI 0.3.75 ships and on the latest comfyui-frontend-package.
+The prompt-parsing tests at the top need no ComfyUI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, EXTRA_CHECKPOINT_NAME, FIXTURE_AUTOMASK,
+                       LATEST_FRONTEND, NODE_MODULES, SAM2_NAME, comfy_server, get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
+from conftest import FIXTURE
+from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
+
+TOKENS = 16  # text length in the graph tests: the fixture model writes gibberish, short keeps them fast
+BOX = [70, 110, 270, 340]
+POINT = [460, 150]
+PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
+HUB_MODELS = ["Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B"]
+PAM_NODES = ["PAMDescribeEverything", "PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText",
+             "PAMSegmentDescribe"]
+
+
+# --- prompt inputs (no ComfyUI needed) ---------------------------------------------------------------------
+
+def test_editor_prompt_becomes_one_region_per_box_and_one_for_the_points():
+    prompts = parse_editor('{"positive": [{"x": 5, "y": 6}, [7, 8]], "negative": [{"x": 1, "y": 2}], '
+                           '"boxes": [[0, 0, 10, 10], [2, 2, 4, 4]]}')
+    regions = prompts.regions()
+    assert [r.kind for r in regions] == ["box", "box", "points"]
+    assert regions[2].points == ((5.0, 6.0), (7.0, 8.0), (1.0, 2.0)) and regions[2].labels == (1, 1, 0)
+    each = prompts.regions(each_point_is_a_region=True)
+    assert [r.points for r in each[2:]] == [((5.0, 6.0), (1.0, 2.0)), ((7.0, 8.0), (1.0, 2.0))]
+    assert parse_editor("") == Prompts() and parse_editor("  ").regions() == []
+
+
+def test_kjnodes_points_and_bbox_inputs():
+    assert parse_editor('[{"x": 3, "y": 4}]').positive == [(3.0, 4.0)]  # a KJNodes list pasted into the editor
+    assert parse_points('[{"x":10,"y":20},{"x":30.5,"y":40}]') == [(10.0, 20.0), (30.5, 40.0)]
+    assert parse_points(None) == []
+    assert parse_boxes([[1, 2, 3, 4]]) == [(1.0, 2.0, 3.0, 4.0)]
+    assert parse_boxes([[[1, 2, 3, 4], [5, 6, 7, 8]]]) == [(1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0)]
+    assert parse_boxes((1, 2, 3, 4)) == [(1.0, 2.0, 3.0, 4.0)]
+    assert parse_boxes([]) == [] and parse_boxes(None) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"positive": [{"x": 1}]}', "a point must be"),
+    ('{"positive": [', "not valid JSON"),
+    ('{"points": []}', "unknown keys"),
+    ('"hello"', "JSON object"),
+])
+def test_bad_editor_prompts_are_named(text, message):
+    with pytest.raises(PromptError, match=message):
+        parse_editor(text)
+
+
+def test_bad_point_and_box_inputs_are_named():
+    with pytest.raises(PromptError, match="positive_points must be a JSON list"):
+        parse_points('{"x": 1, "y": 2}', "positive_points")
+    with pytest.raises(PromptError, match=r"\[x0, y0, x1, y1\]"):
+        parse_boxes([[1, 2, 3]])
+
+
+def test_masks_are_resized_to_the_image():
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :2] = 1
+    [resized] = masks_for_image(mask, 8, 8)
+    assert resized.shape == (8, 8) and resized[:4, :4].all() and resized.sum() == 16
+    [same] = masks_for_image(mask[0], 4, 4)  # [H, W] is accepted too
+    assert same.sum() == 4
+
+
+# --- (a) real ComfyUI engine, in a child process -----------------------------------------------------------
+
+def api_prompt(**nodes) -> dict:
+    return {node_id: {"class_type": class_type, "inputs": inputs} for node_id, (class_type, inputs) in nodes.items()}
+
+
+LOADER = ("PAMModelLoader", {"model": "pam_tiny", "sam2": "sam2.1_hiera_pamtiny.pt", "device": "auto",
+                             "dtype": "auto", "keep_loaded": False, "download_from_hub": False})
+TEXT = {"lang": "en", "instruction": "", "max_new_tokens": TOKENS}
+
+JOBS = {
+    "max_new_tokens": TOKENS,
+    "workflows": {name: load_example(name) for name in ("click_to_caption", "describe_everything")},
+    "prompts": {
+        # a batch of two images: the same prompts on each, masks saved as PNGs, and the masks described again
+        "batch_and_masks": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("RepeatImageBatch", {"image": ["1", 0], "amount": 2}),
+               "4": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["3", 0], "prompt": PROMPT,
+                                            "task": "category", **TEXT}),
+               "5": ("MaskToImage", {"mask": ["4", 0]}),
+               "6": ("SaveImage", {"images": ["5", 0], "filename_prefix": "batch_masks"}),
+               "7": ("PAMDescribeMasks", {"pam_model": ["2", 0], "image": ["1", 0], "mask": ["4", 0],
+                                          "task": "definition", **TEXT}),
+               "8": ("PAMRegionsToText", {"regions": ["7", 2]}),
+               "9": ("PreviewAny", {"source": ["8", 1]})}),
+        # a KJNodes-style points string, a custom instruction in Chinese, the checkpoint from extra_model_paths.yaml
+        "custom_instruction": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
+               "2": ("PAMModelLoader", {**LOADER[1], "model": EXTRA_CHECKPOINT_NAME}),
+               "3": ("PrimitiveString", {"value": json.dumps([{"x": POINT[0], "y": POINT[1]}])}),
+               "4": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
+                                            "positive_points": ["3", 0], "task": "custom instruction",
+                                            **TEXT, "lang": "zh", "instruction": "What is this thing used for?"})}),
+        "no_prompt": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
+                                            "task": "brief", **TEXT})}),
+        "download_while_offline": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
+               "2": ("PAMModelLoader", {**LOADER[1], "model": "Perceive-Anything/PAM-3B", "download_from_hub": True}),
+               "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": PROMPT,
+                                            "task": "brief", **TEXT})}),
+        "weights_missing": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
+               "2": ("PAMModelLoader", {**LOADER[1], "model": "Perceive-Anything/PAM-3B"}),
+               "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": PROMPT,
+                                            "task": "brief", **TEXT})}),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """Every job of JOBS run by ComfyUI's PromptExecutor: (results by job name, base directory)."""
+    base = make_base(tmp_path_factory.mktemp("comfy-inprocess"))
+    jobs, result = base / "jobs.json", base / "result.json"
+    jobs.write_text(json.dumps(JOBS))
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name("comfy_inprocess.py")), str(COMFY_DIR),
+                          str(base), str(jobs), str(result)], capture_output=True, text=True, timeout=1200,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(result.read_text()), base
+
+
+def execution_error(entry: dict) -> dict:
+    errors = [data for event, data in entry["status"] if event == "execution_error"]
+    assert errors, f"expected an execution error, got {entry['status']}"
+    return errors[0]
+
+
+def expected(pam, regions, task, lang="en"):
+    return pam.describe(FIXTURE / "inputs" / "image.png", regions, task=task, lang=lang,
+                        generation=GenerationSettings(max_new_tokens=TOKENS))
+
+
+def lines(results) -> list[str]:
+    """One caption line per region, as the nodes write them ("task: text | task: text" for several tasks)."""
+    def line(r):
+        texts = [(task, " ".join(text.split())) for task, text in r.texts.items()]
+        return texts[0][1] if len(texts) == 1 else " | ".join(f"{task}: {text}" for task, text in texts)
+    return [line(r) for r in results]
+
+
+def saved_images(base: Path, ui_output: dict) -> list[np.ndarray]:
+    return [np.asarray(Image.open(base / "output" / item["subfolder"] / item["filename"]))
+            for item in ui_output["images"]]
+
+
+@needs_comfyui
+def test_pack_loads_every_node(engine):
+    results, _ = engine
+    assert results["loaded_pam_nodes"] == PAM_NODES
+
+
+@needs_comfyui
+def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
+    results, base = engine
+    entry = results["click_to_caption"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = lines(expected(pam, [Region.from_box(BOX), Region.from_points([POINT])], "brief"))
+    assert entry["outputs"]["6"]["text"] == ["\n".join(want)]  # PAM Regions to Text
+    assert entry["outputs"]["3"]["text"] == ["\n".join(want)]  # the describe node's own preview
+    [overlay] = saved_images(base, entry["outputs"]["5"])
+    original = np.asarray(Image.open(FIXTURE / "inputs" / "image.png").convert("RGB"))
+    assert overlay.shape == original.shape and (overlay != original).any()
+
+
+@needs_comfyui
+def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engine, pam):
+    results, base = engine
+    entry = results["describe_everything"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.describe_everything(FIXTURE / "inputs" / "image.png", task=["category", "brief"],
+                                   generation=GenerationSettings(max_new_tokens=TOKENS),
+                                   auto=AutoMaskSettings(**FIXTURE_AUTOMASK))
+    assert want and all(r.prompt == "auto" for r in want)
+    assert entry["outputs"]["6"]["text"] == ["\n".join(lines(want))]
+    assert all(line.startswith("category: ") and " | brief: " in line for line in lines(want))
+    [overlay] = saved_images(base, entry["outputs"]["5"])
+    assert overlay.shape == (480, 640, 3)
+
+
+@needs_comfyui
+def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
+    results, base = engine
+    entry = results["batch_and_masks"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    regions = [Region.from_box(BOX), Region.from_points([POINT])]
+    found = expected(pam, regions, "category")
+    assert entry["outputs"]["4"]["text"] == ["\n".join(lines(found) * 2)]  # same prompts on both images
+    masks = saved_images(base, entry["outputs"]["6"])
+    assert len(masks) == 4 and all(m.shape[:2] == (480, 640) for m in masks)
+    for saved, result in zip(masks, found * 2):
+        np.testing.assert_array_equal(saved[..., 0] > 127, result.mask)
+    described = expected(pam, [Region.from_mask(r.mask) for r in found * 2], "definition")
+    assert entry["outputs"]["8"]["text"] == ["\n".join(lines(described))]
+    [as_json] = entry["outputs"]["9"]["text"]  # the JSON output, shown by a core PreviewAny node
+    assert json.loads(as_json) == [{"image": 0, **r.to_dict()} for r in described]
+
+
+@needs_comfyui
+def test_kjnodes_points_and_custom_instruction(engine, pam):
+    results, _ = engine
+    entry = results["custom_instruction"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = expected(pam, [Region.from_points([POINT])], "What is this thing used for?", lang="zh")
+    assert entry["outputs"]["4"]["text"] == ["\n".join(lines(want))]
+
+
+@needs_comfyui
+def test_errors_say_what_to_do(engine):
+    results, base = engine
+    no_prompt = execution_error(results["no_prompt"])
+    assert no_prompt["node_type"] == "PAMSegmentDescribe" and "click on the image" in no_prompt["exception_message"]
+    missing = execution_error(results["weights_missing"])
+    assert missing["node_type"] == "PAMModelLoader"
+    message = missing["exception_message"]
+    assert "PAM-3B" in message and "HF_HUB_OFFLINE" in message
+    assert str(base / "models" / "pam") in message and str(base / "models" / "sam2") in message
+    offline = execution_error(results["download_while_offline"])["exception_message"]
+    assert "downloads are disabled (HF_HUB_OFFLINE=1" in offline  # the switch never overrides HF_HUB_OFFLINE
+
+
+# --- (b) the HTTP server --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Starts ComfyUI for a frontend ("bundled" 1.32.9, "latest", or "latest-vue" with the Vue node renderer),
+    one server at a time, stopped at the end."""
+    running: dict = {}
+    stack = contextlib.ExitStack()
+
+    def start(frontend: str) -> tuple[str, Path]:
+        if frontend not in running:
+            stack.close()
+            running.clear()
+            base = make_base(tmp_path_factory.mktemp(f"comfy-server-{frontend}"), vue_nodes=frontend.endswith("vue"))
+            root = LATEST_FRONTEND if frontend.startswith("latest") else None
+            running[frontend] = (stack.enter_context(comfy_server(base, base / "server.log", root)), base)
+        return running[frontend]
+
+    with stack:
+        yield start
+    stack.close()
+
+
+async def run_on_server(url: str, prompt: dict, interrupt_on_progress: bool = False) -> tuple[str, list[dict]]:
+    """POST the prompt with a client id and collect that client's websocket messages until it finishes."""
+    import aiohttp
+
+    client = uuid.uuid4().hex
+    messages = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url.replace('http', 'ws', 1)}/ws?clientId={client}") as ws:
+            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client}) as response:
+                body = await response.json()
+                assert response.status == 200, body
+            prompt_id = body["prompt_id"]
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(message.data)
+                messages.append(data)
+                if interrupt_on_progress and data["type"] == "progress":
+                    interrupt_on_progress = False
+                    async with session.post(f"{url}/interrupt", json={}) as response:
+                        assert response.status == 200
+                if data["type"] in ("execution_success", "execution_error", "execution_interrupted") \
+                        and data["data"].get("prompt_id") == prompt_id:
+                    break
+    return prompt_id, messages
+
+
+def server_prompt(url: str, workflow: str) -> dict:
+    info = get_json(f"{url}/object_info")
+    return use_fixture_model(workflow_to_prompt(load_example(workflow),
+                                                lambda kind: info[kind]["input"] if kind in info else None), TOKENS)
+
+
+@needs_comfyui
+def test_server_runs_click_to_caption(servers):
+    url, base = servers("bundled")
+    stats = get_json(f"{url}/system_stats")
+    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert "/extensions/pam-suite/pam_prompt_editor.js" in get_json(f"{url}/extensions")
+    assert sorted(get_json(f"{url}/api/workflow_templates")["pam-suite"]) == ["click_to_caption", "describe_everything"]
+    loader = get_json(f"{url}/object_info/PAMModelLoader")["PAMModelLoader"]["input"]["required"]
+    assert loader["model"][1]["options"] == [EXTRA_CHECKPOINT_NAME, CHECKPOINT_NAME, *HUB_MODELS]  # sorted
+    assert loader["sam2"][1]["options"] == [SAM2_NAME, "facebook/sam2.1-hiera-large"]
+    prompt = server_prompt(url, "click_to_caption")
+    prompt_id, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt), 900))
+    kinds = [m["type"] for m in messages]
+    assert kinds[-1] == "execution_success", messages[-1]
+    progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
+    assert progress and {p["max"] for p in progress} == {2}  # one step per region (box + points)
+    executed = {m["data"]["node"]: m["data"]["output"] for m in messages if m["type"] == "executed"}
+    assert len(executed["6"]["text"][0].splitlines()) == 2
+    [saved] = executed["5"]["images"]
+    assert (base / "output" / saved["subfolder"] / saved["filename"]).is_file()
+    history = {}
+    for _ in range(100):  # the history entry is stored just after the success message
+        history = get_json(f"{url}/history/{prompt_id}")
+        if history:
+            break
+        time.sleep(0.1)
+    assert history[prompt_id]["status"]["status_str"] == "success"
+
+
+@needs_comfyui
+def test_server_interrupt_stops_between_regions(servers):
+    url, _ = servers("bundled")
+    prompt = server_prompt(url, "click_to_caption")
+    segment = prompt["3"]["inputs"]
+    # 10 regions, 2 at a time: Cancel takes effect between batches of regions
+    segment["prompt"] = json.dumps({"positive": [{"x": 60 * i + 40, "y": 150} for i in range(10)]})
+    segment["each_point_is_a_region"] = True
+    prompt["2"]["inputs"]["max_batch"] = 2
+    _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt, interrupt_on_progress=True), 900))
+    assert messages[-1]["type"] == "execution_interrupted", messages[-1]
+    done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
+    assert max(done) < 10
+
+
+# --- (c) headless Chromium --------------------------------------------------------------------------------
+
+@needs_comfyui
+@pytest.mark.skipif(not (NODE_MODULES / "playwright-core").is_dir(), reason="playwright-core is not installed")
+@pytest.mark.parametrize("frontend", ["bundled", "latest", "latest-vue"])
+def test_editor_clicks_reach_graph_to_prompt(servers, frontend):
+    url, _ = servers(frontend)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clicks = {"positive": POINT, "negative": [600, 60], "box": BOX}
+    run = subprocess.run(["node", str(Path(__file__).with_name("comfy_browser.cjs")), url, json.dumps(clicks),
+                          str(EXAMPLES), str(ARTIFACTS), frontend], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((ARTIFACTS / f"browser-{frontend}.json").read_text())
+    assert result["image_size"] == "640x480"
+    value = json.loads(result["widget_value"])
+    assert result["api_prompt_value"] == result["widget_value"] == result["text_box_value"]
+    assert result["workflow_widgets_values"][0] == result["widget_value"]
+    [positive], [negative], [box] = value["positive"], value["negative"], value["boxes"]
+    assert positive["x"] == pytest.approx(POINT[0], abs=1.5) and positive["y"] == pytest.approx(POINT[1], abs=1.5)
+    assert negative["x"] == pytest.approx(600, abs=1.5) and negative["y"] == pytest.approx(60, abs=1.5)
+    assert box == pytest.approx(BOX, abs=1.5)
+    assert result["status_text"].startswith("1 positive, 1 negative, 1 box")
+    assert (ARTIFACTS / f"editor-{frontend}.png").stat().st_size > 10_000
+    info = get_json(f"{url}/object_info")
+    for name, output in result["examples"].items():  # the browser's conversion equals the tests' converter
+        mine = workflow_to_prompt(load_example(name), lambda kind: info[kind]["input"] if kind in info else None)
+        assert {k: (v["class_type"], v["inputs"]) for k, v in output.items()} == \
+               {k: (v["class_type"], v["inputs"]) for k, v in mine.items()}

