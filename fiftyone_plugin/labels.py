@@ -1,0 +1,102 @@
+"""Translation between FiftyOne labels and pam_core: prompts in, `fo.Detections` out. No model logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import fiftyone as fo
+from PIL import Image
+
+from pam_core import Region
+from pam_core.errors import PromptError, TaskError
+from pam_core.engine import resolve_tasks
+
+# Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction
+# (keyed by the instruction itself in RegionResult.texts) goes to `answer`, the instruction to `instruction`.
+TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption"}
+TEXT_ATTRIBUTES = ("label", "definition", "function", "caption", "brief_caption", "answer")
+PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
+
+
+def check_tasks(tasks: Sequence[str] | str, lang: str) -> tuple[str, ...]:
+    """Task names as the CLI takes them (category, definition, brief, detailed, or one free instruction)."""
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    if [task.name for task in resolve_tasks(tasks, lang)].count("free") > 1:
+        raise TaskError("only one free instruction per run: its answer is stored in the `answer` attribute")
+    return tasks
+
+
+def regions_from_label(label, width: int, height: int) -> tuple[list[Region], list[Optional[str]]]:
+    """PAM regions from a Detections (masks when present, else boxes), Keypoints (points) or Polylines
+    (filled shapes as masks, open lines as points) label, plus each prompt's own label."""
+    if label is None:
+        return [], []
+    if not isinstance(label, PROMPT_LABEL_TYPES):
+        raise PromptError(f"prompt field holds {type(label).__name__}; use a Detections, Keypoints or Polylines field")
+    regions, names = [], []
+    for item in _label_items(label):
+        region = _region(item, width, height)
+        if region is not None:
+            regions.append(region)
+            names.append(item.label)
+    return regions, names
+
+
+def _label_items(label) -> list:
+    if isinstance(label, fo.Detections):
+        return label.detections
+    if isinstance(label, fo.Keypoints):
+        return label.keypoints
+    return label.polylines
+
+
+def _region(item, width: int, height: int) -> Optional[Region]:
+    if isinstance(item, fo.Detection):
+        if item.mask is not None or item.mask_path is not None:
+            mask = item.to_segmentation(frame_size=(width, height), target=255).get_mask() > 0
+            if mask.any():
+                return Region.from_mask(mask)
+        x, y, w, h = item.bounding_box
+        return Region.from_box([x * width, y * height, (x + w) * width, (y + h) * height])
+    if isinstance(item, fo.Polyline) and item.filled and item.closed:
+        mask = item.to_segmentation(frame_size=(width, height), target=255).get_mask() > 0
+        return Region.from_mask(mask) if mask.any() else None
+    points = item.points if isinstance(item, fo.Keypoint) else [p for shape in item.points for p in shape]
+    pixels = [(px * width, py * height) for px, py in points if np.isfinite(px) and np.isfinite(py)]
+    return Region.from_points(pixels) if pixels else None
+
+
+def detection_from_result(result, model_name: str, prompt_label: Optional[str] = None,
+                          mask_file: Optional[Path] = None) -> Optional[fo.Detection]:
+    """One pam_core RegionResult as a Detection: `label` = category, each task's text as a string attribute,
+    the mask cropped to its box (inline, or written to `mask_file` as a PNG for large datasets).
+    None for an empty mask (nothing to show or search)."""
+    if not result.mask.any():
+        return None
+    attributes = {"pam_model": model_name, "lang": result.lang, "object_score": float(result.object_score)}
+    for task, text in result.texts.items():
+        if task in TASK_ATTRIBUTES:
+            attributes[TASK_ATTRIBUTES[task]] = text
+        else:
+            attributes["answer"], attributes["instruction"] = text, task
+    for name, value in result.fields.items():
+        if value:  # parsed fields (label, definition, function) win over the raw text of their task
+            attributes[name] = value
+    if prompt_label is not None:
+        attributes["prompt_label"] = prompt_label
+    label = attributes.pop("label", None)
+    detection = fo.Detection.from_mask(result.mask, label=label, confidence=float(result.mask_score), **attributes)
+    if mask_file is not None:
+        mask_file.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(detection.mask.astype(np.uint8) * 255).save(mask_file)
+        detection.mask = None
+        detection.mask_path = str(mask_file)
+    return detection
+
+
+def text_fields(collection) -> list[str]:
+    """The sample fields of `collection` that hold Detections (candidates for caption search)."""
+    schema = collection.get_field_schema(embedded_doc_type=fo.Detections)
+    return sorted(schema)

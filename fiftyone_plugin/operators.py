@@ -1,0 +1,137 @@
+"""The plugin's operators: describe regions (immediate or delegated) and search captions."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.tasks import LANGUAGES, TASK_NAMES
+
+from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
+from .labels import PROMPT_LABEL_TYPES, text_fields
+
+AUTOMATIC = "__automatic__"
+# Views up to this many samples may run immediately in the App; larger ones are offered for delegation only.
+IMMEDIATE_MAX_SAMPLES = 8
+
+
+class DescribeRegions(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="describe_regions",
+            label="PAM: describe regions",
+            description="Mask, category, definition and captions of image regions with the Perceive Anything Model",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            execute_as_generator=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_execution_options(self, ctx):
+        small = len(ctx.target_view()) <= IMMEDIATE_MAX_SAMPLES
+        return foo.ExecutionOptions(allow_immediate_execution=small, allow_delegated_execution=True,
+                                    default_choice_to_delegated=not small)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view_target(ctx)
+        prompt_choices = types.Dropdown(label="Regions from")
+        prompt_choices.add_choice(AUTOMATIC, label="Describe everything (automatic regions)")
+        for name in _prompt_fields(ctx.dataset):
+            prompt_choices.add_choice(name, label=name)
+        inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
+                    description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
+        task_choices = types.Dropdown(multiple=True, label="Tasks")
+        for name in TASK_NAMES:
+            task_choices.add_choice(name, label=name)
+        inputs.list("tasks", types.String(), default=list(DEFAULT_TASKS), required=True, view=task_choices)
+        inputs.str("instruction", label="Free instruction (optional)",
+                   description="Also ask this, in your own words; the answer goes to the `answer` attribute")
+        inputs.enum("lang", list(LANGUAGES), default="en", label="Language", view=types.RadioGroup())
+        inputs.str("label_field", default="pam", required=True, label="Output field")
+        inputs.bool("overwrite", default=False, label="Overwrite",
+                    description="Redo samples already done (otherwise they are skipped and an interrupted run resumes)")
+        inputs.str("model", default=DEFAULT_MODEL, label="PAM checkpoint (Hub id or folder)")
+        inputs.str("sam2", default=DEFAULT_SAM2, label="SAM 2.1 weights (Hub id or file)")
+        inputs.int("max_regions", default=DEFAULT_MAX_REGIONS, label="Max automatic regions per image")
+        inputs.int("max_new_tokens", default=512, label="Max new tokens per text")
+        return types.Property(inputs, view=types.View(label="PAM: describe regions"))
+
+    def execute(self, ctx):
+        params = ctx.params
+        tasks = list(params.get("tasks") or DEFAULT_TASKS)
+        if params.get("instruction"):
+            tasks.append(params["instruction"])
+        prompt_field = params.get("prompt_field", AUTOMATIC)
+        steps = run_pam(
+            ctx.target_view(), label_field=params.get("label_field", "pam"),
+            prompt_field=None if prompt_field == AUTOMATIC else prompt_field, tasks=tasks,
+            lang=params.get("lang", "en"), model=params.get("model") or DEFAULT_MODEL,
+            sam2=params.get("sam2") or DEFAULT_SAM2, overwrite=bool(params.get("overwrite", False)),
+            max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)),
+            max_new_tokens=int(params.get("max_new_tokens", 512)),
+            local_files_only=True)  # the App never downloads weights; see the README for fetching them
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            yield ctx.set_progress(progress=done / max(total, 1), label=f"PAM: {done}/{total} samples")
+        if not ctx.delegated:
+            yield ctx.ops.reload_dataset()
+        yield ctx.ops.notify(f"PAM: {summary['samples']} samples described ({summary['regions']} regions), "
+                             f"{summary['skipped']} skipped, {summary['failed']} failed", variant="success")
+
+
+class SearchCaptions(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="search_captions",
+            label="PAM: search captions",
+            description="Show the regions whose category, definition or captions contain your words",
+            icon="/assets/icon.svg",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = _pam_fields(ctx.dataset)
+        if not fields:
+            inputs.view("none", types.Warning(label="No PAM fields yet: run 'PAM: describe regions' first"))
+            return types.Property(inputs)
+        inputs.enum("label_field", fields, default=fields[0], required=True, label="PAM field")
+        inputs.str("query", required=True, label="Words or phrase", description="e.g. red umbrella")
+        inputs.enum("match", ["all", "any", "phrase"], default="all", label="Match", view=types.RadioGroup())
+        return types.Property(inputs, view=types.View(label="PAM: search captions"))
+
+    def execute(self, ctx):
+        field = ctx.params["label_field"]
+        view = caption_search_view(ctx.dataset, field, ctx.params["query"], ctx.params.get("match", "all"))
+        view = view.match(fo.ViewField(f"{field}.detections").length() > 0)
+        ctx.ops.set_view(view=view)
+        region_ids = view.distinct(f"{field}.detections.id")
+        return {"samples": len(view), "regions": len(region_ids), "region_ids": region_ids}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("samples", label="Samples")
+        outputs.int("regions", label="Matching regions")
+        return types.Property(outputs)
+
+
+def _prompt_fields(dataset) -> list[str]:
+    schema = {}
+    for label_type in PROMPT_LABEL_TYPES:
+        schema.update(dataset.get_field_schema(embedded_doc_type=label_type))
+    return sorted(name for name in schema if name not in dataset.info.get(RUNS_INFO_KEY, {}))
+
+
+def _pam_fields(dataset) -> list[str]:
+    runs = dataset.info.get(RUNS_INFO_KEY, {})
+    return [name for name in text_fields(dataset) if name in runs]

@@ -1,0 +1,1 @@
+"""Tests of the FiftyOne plugin (a package, so its conftest does not shadow tests/conftest.py)."""

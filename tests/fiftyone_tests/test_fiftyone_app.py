@@ -1,0 +1,156 @@
+"""The real FiftyOne App, served headless on 127.0.0.1 and driven by headless Chromium: PAM's masks and
+captions must show. Screenshots are kept in test-artifacts/fiftyone/ for a person to look at."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fiftyone as fo
+
+from .conftest import ARTIFACTS, free_port
+from fiftyone_plugin import apply_pam
+
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent"),
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test-setup/fiftyone.sh)"),
+]
+DATASET = "pam-app"
+# Red rectangle and green disc of the fixture image, relative [x, y, w, h].
+BOXES = {"rectangle": [80 / 640, 120 / 480, 180 / 640, 210 / 480], "disc": [360 / 640, 60 / 480, 200 / 640, 180 / 480]}
+
+
+@pytest.fixture(scope="module")
+def described(pam, tmp_path_factory):
+    """A persistent dataset (the App server is another process) with PAM labels from the fixture model."""
+    image = tmp_path_factory.mktemp("app") / "shapes.png"
+    shutil.copy(FIXTURE / "inputs" / "image.png", image)
+    dataset = fo.Dataset(DATASET, overwrite=True, persistent=True)
+    prompts = fo.Detections(detections=[fo.Detection(label=k, bounding_box=v) for k, v in BOXES.items()])
+    dataset.add_sample(fo.Sample(filepath=str(image), ground_truth=prompts))
+    apply_pam(dataset, prompt_field="ground_truth", tasks=("category", "detailed"), model=pam, max_new_tokens=12)
+    yield dataset
+    dataset.delete()
+
+
+@pytest.fixture(scope="module")
+def app_url(described):
+    """`fiftyone app launch` on a free 127.0.0.1 port, stopped (with its server process group) afterwards."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "fiftyone"), "app", "launch", DATASET, "--remote",
+               "--address", "127.0.0.1", "--port", str(port), "--wait", "-1"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "app-server.log", "wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                os.killpg(server.pid, signal.SIGKILL)
+                pytest.fail(f"the App did not come up on {url}; see {ARTIFACTS / 'app-server.log'}")
+            time.sleep(1)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    log.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
+
+
+def image_point(box, x, y, width=640, height=480):
+    """Page coordinates of image pixel (x, y) for an image fitted (letterboxed) into `box`."""
+    scale = min(box["width"] / width, box["height"] / height)
+    left = box["x"] + (box["width"] - width * scale) / 2
+    top = box["y"] + (box["height"] - height * scale) / 2
+    return left + x * scale, top + y * scale
+
+
+def sidebar_checkbox(page, field):
+    """The visibility checkbox of a label field in the modal's sidebar (the grid's sidebar comes first)."""
+    return page.locator(f"[data-cy=sidebar-field-container-{field}]").locator("xpath=..").locator(
+        "input[type=checkbox]").last
+
+
+def mean_difference(png_a: bytes, png_b: bytes) -> float:
+    a, b = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) for png in (png_a, png_b))
+    return float(np.abs(a - b).mean())
+
+
+def test_app_shows_pam_masks_and_captions(app_url, page, described):
+    regions = described.first().pam.detections
+    captions = [d.caption for d in regions]
+    page.goto(f"{app_url}/datasets/{DATASET}", wait_until="domcontentloaded")
+    page.locator("[data-cy=looker]").first.wait_for(timeout=90_000)
+    dismiss = page.get_by_text("Dismiss", exact=True)  # the "Explore Enterprise" popover
+    if dismiss.count():
+        dismiss.first.click()
+    page.get_by_text("pam", exact=True).first.wait_for()
+    time.sleep(3)  # let the tile draw its overlays
+    page.screenshot(path=str(ARTIFACTS / "app-grid.png"))
+
+    page.locator("[data-cy=looker]").first.click()
+    container = page.locator("[data-cy=modal-looker-container]")
+    container.wait_for(timeout=60_000)
+    time.sleep(3)
+    sidebar_checkbox(page, "ground_truth").click(force=True)  # only PAM's labels on the image
+    time.sleep(2)
+    box = container.bounding_box()
+    x, y = image_point(box, 170, 225)  # inside the red rectangle, which the first region was prompted with
+    page.mouse.move(x - 5, y - 5)
+    page.mouse.move(x, y)
+    tooltip = page.locator("[data-cy^=sample-canvas-tooltip]").first
+    tooltip.wait_for()
+    time.sleep(1)
+    page.screenshot(path=str(ARTIFACTS / "app-modal-tooltip.png"))
+    text = tooltip.inner_text()
+    assert "caption" in text and any(caption in text for caption in captions), text
+
+    # The masks are drawn: hiding the PAM field changes the picture.
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)
+    time.sleep(1)
+    with_pam = container.screenshot()
+    sidebar_checkbox(page, "pam").click(force=True)
+    time.sleep(2)
+    without_pam = container.screenshot()
+    sidebar_checkbox(page, "pam").click(force=True)
+    assert mean_difference(with_pam, without_pam) > 10
+
+    # The panel, split beside the image, lists every region's full texts.
+    page.locator("#modal [title='Split horizontally']").first.click()
+    panel = page.locator("[data-cy=panel-content-region_texts]")
+    panel.get_by_text("Caption:").first.wait_for(timeout=30_000)
+    time.sleep(2)
+    page.screenshot(path=str(ARTIFACTS / "app-modal-panel.png"))
+    shown = panel.inner_text()
+    for detection in regions:
+        assert f"Caption: {detection.caption}" in shown and detection.label in shown, shown
