@@ -143,10 +143,15 @@ def main() -> int:
     for engine_run, reference_runs in (("b", "c"), ("d", "ce")):
         if all(name in measured for name in engine_run + reference_runs):
             reference_outputs = {k: v for name in reference_runs for k, v in measured[name]["outputs"].items()}
-            same = measured[engine_run]["outputs"] == reference_outputs
+            engine_outputs = measured[engine_run]["outputs"]
+            same = engine_outputs == reference_outputs
             ratio = sum(measured[name]["seconds"] for name in reference_runs) / measured[engine_run]["seconds"]
+            differ = "" if same else " (token ids differ in {} of {} texts, masks in {})".format(
+                sum(engine_outputs[k][0] != v[0] for k, v in reference_outputs.items() if k in engine_outputs),
+                len(reference_outputs),
+                sum(engine_outputs[k][1] != v[1] for k, v in reference_outputs.items() if k in engine_outputs))
             print(f"({'+'.join(reference_runs)})/({engine_run}) = {ratio:.2f}x   "
-                  f"outputs identical: {'yes' if same else 'NO'}")
+                  f"outputs identical: {'yes' if same else 'NO'}{differ}")
             status |= not same
     return status
 
