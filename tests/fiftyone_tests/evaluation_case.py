@@ -1,4 +1,4 @@
-"""Run by test_eval_fiftyone.py in its own process against a throw-away mongod; prints JSON findings.
+"""Run by test_evaluation.py in its own process against the session's mongod; prints JSON findings.
 
 A separate process keeps this FiftyOne connection (and its config, read at import) apart from any other
 FiftyOne test of the session.
