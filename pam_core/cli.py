@@ -123,10 +123,17 @@ def load_pam(args, **options):
     return pam
 
 
+def generation_settings(args):
+    """GenerationSettings from the decoding options `pam describe` and `pam describe-video` share."""
+    from .generation import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
 def cmd_describe(args) -> int:
     from .automask import AutoMaskSettings
     from .engine import resolve_tasks
-    from .generation import GenerationSettings
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
 
     tasks = args.task or ["category"]
@@ -134,9 +141,7 @@ def cmd_describe(args) -> int:
     auto = AutoMaskSettings(points_per_side=args.points_per_side, max_regions=args.max_regions, order=args.order)
     if args.max_batch is not None and args.max_batch < 1:
         raise SettingsError(f"--max-batch must be >= 1, got {args.max_batch}")
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
+    settings = generation_settings(args)
     image = load_image(args.image)
     regions = [region.validated(image.width, image.height) for region in _regions(args)]  # before the slow load
     out = Path(args.out)

@@ -121,15 +121,12 @@ def _log(message: str) -> None:
 
 
 def cmd_describe_video(args) -> int:
-    from .engine import PAM
-    from .generation import GenerationSettings
+    from .cli import generation_settings, load_pam
     from .video import open_video, parse_segments, plan_segments, segment_task
     from .io import write_json
 
     segment_task(args.task, args.lang)  # fail on bad input before loading anything
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  repetition_penalty=args.repetition_penalty, seed=args.seed)
+    settings = generation_settings(args)
     prompts = _prompts(args)
     source = open_video(args.video, args.fps)
     segments = parse_segments(args.segments) if args.segments else None
@@ -138,10 +135,7 @@ def cmd_describe_video(args) -> int:
     _log(f"{args.video}: {info.num_frames} frames, {info.width}x{info.height}, fps {info.fps or 'unknown'}")
 
     start = time.time()
-    model = args.model or "Perceive-Anything/PAM-1.5B"
-    pam = PAM.from_pretrained(model, sam2=args.sam2, sam2_config=args.sam2_config, device=args.device,
-                              dtype=args.dtype, local_files_only=True if args.local_files_only else None)
-    _log(f"loaded {model} in {time.time() - start:.1f} s on {pam.model.device}")
+    pam = load_pam(args)
     writer = OutputWriter(Path(args.out), args.png_masks)
     try:
         result = pam.describe_video(
@@ -152,7 +146,7 @@ def cmd_describe_video(args) -> int:
         writer.close()
     write_json(Path(args.out) / "results.json", {
         "video": str(args.video), "num_frames": info.num_frames, "width": info.width, "height": info.height,
-        "fps": info.fps, "model": str(model), "task": args.task, "lang": args.lang, "carry": args.carry,
+        "fps": info.fps, "model": str(args.model or "Perceive-Anything/PAM-1.5B"), "task": args.task, "lang": args.lang, "carry": args.carry,
         "prompts": [{"object": i, "frame": p.frame, "prompt": p.region.kind} for i, p in enumerate(prompts)],
         "segments": [[s.start, s.end] for s in plan], "captions": [c.to_dict() for c in result.captions],
         "tracks": "tracks.jsonl", "frames_written": writer.frames,
