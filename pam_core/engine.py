@@ -255,7 +255,7 @@ class PAM:
         return results
 
     def describe_video(self, video, prompts, frame: int = 0, task: str = "caption", lang: str = "en",
-                       segments=None, window: Optional[int] = None, carry: str = "box",
+                       segments=None, window: Optional[int] = None, carry: str = "box", backward: bool = True,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,
                        progress: Optional[Progress] = None, on_frame=None, on_caption=None, keep_frames: bool = True):
         """Track objects through a video (file, frame folder or frame sequence) and caption each per segment.
@@ -263,15 +263,17 @@ class PAM:
         `prompts`: regions on frame `frame`, or `video.VideoPrompt(region, frame=K)` each. `segments`:
         inclusive (start, end) frame ranges, or `window` frames each, default the whole video; each segment's
         caption is conditioned on the object's previous one. `carry="box"` re-prompts every segment with the
-        object's last box (the reference), `"memory"` keeps SAM 2's memory across segments. `on_frame`
+        object's last box (the reference), `"memory"` keeps SAM 2's memory across segments. A prompt after
+        the first frame of its segment (box carry) or of the video (memory carry) is also tracked backward
+        to there unless `backward=False`; captions start at the prompt frame. `on_frame`
         receives each frame's `ObjectFrame`s and `on_caption` each `SegmentCaption` as soon as they exist.
         Returns a `video.VideoResult`.
         """
         from .video import describe_video
 
         return describe_video(self, video, prompts, frame=frame, task=task, lang=lang, segments=segments,
-                              window=window, carry=carry, generation=generation, fps=fps, progress=progress,
-                              on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames)
+                              window=window, carry=carry, backward=backward, generation=generation, fps=fps,
+                              progress=progress, on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames)
 
     @staticmethod
     def _result(index: int, prompt: str, analysis: RegionAnalysis, tasks: list[Task], generations: list[Generation],

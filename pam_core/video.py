@@ -6,12 +6,17 @@ decoder one at a time, SAM 2's memory bank keeps only the frames its memory atte
 (the conditioning frame, the last `num_maskmem` frames and the last `max_obj_ptrs_in_encoder` object
 pointers), and only the Perceiver output of the 16 frames the LLM reads is kept. Memory therefore does not
 grow with the clip length. For a prompt on frame 0 the numbers are those of the reference (`pam parity`).
+A prompt on a later frame is also tracked backward to the start of its segment, as SAM 2's
+`propagate_in_video(reverse=True)` does; those earlier frames have streamed past by then, so they are
+spooled to a temporary folder on the first pass.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -230,8 +235,10 @@ class ObjectTracker:
     """One object tracked by SAM 2 from a prompt on its first frame, as `SAM2VideoPredictor` does it
     (`add_new_points_or_box`/`add_new_mask`, then `propagate_in_video`), with a bounded memory bank.
 
-    Frame indices are relative to the prompt frame; `num_frames` is the clip length the predictor would
-    have been given (it scales the temporal encoding of object pointers).
+    Frame indices count steps away from the prompt frame, so the same tracker runs forward or, fed the
+    frames in reverse order, backward: SAM 2's reverse tracking mirrors its forward rules (memory from the
+    frames after, object pointers at the same distances). `num_frames` is the clip length the predictor
+    would have been given (it scales the temporal encoding of object pointers).
     """
 
     def __init__(self, segmenter: SAM2Segmenter, num_frames: int):
@@ -416,6 +423,8 @@ class _Object:
     index: int
     region: Region
     frame: int
+    first: int  # the first and last frames its prompt tracks: its segment (box carry) or the video (memory)
+    last: int
     tracker: Optional[ObjectTracker] = None
     clip: Optional[ClipEmbeds] = None
     clip_prompt: str = ""
@@ -426,7 +435,7 @@ class _Object:
 def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[RegionLike | VideoPrompt],
                    frame: int = 0, task: str = "caption", lang: str = "en",
                    segments: Optional[Sequence[tuple[int, int]]] = None, window: Optional[int] = None,
-                   carry: str = "box", generation: GenerationSettings = GenerationSettings(),
+                   carry: str = "box", backward: bool = True, generation: GenerationSettings = GenerationSettings(),
                    fps: Optional[float] = None, progress: Optional[Progress] = None,
                    on_frame: Optional[Callable[[list[ObjectFrame]], None]] = None,
                    on_caption: Optional[Callable[[SegmentCaption], None]] = None,
@@ -444,21 +453,23 @@ def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[R
     kept: list[ObjectFrame] = []
     remaining = iter(plan)
     ahead: Optional[Segment] = next(remaining)  # the first segment not yet passed
+    behind = [o for o in objects if o.first < o.frame] if backward else []
+    total = info.num_frames + sum(o.frame - o.first for o in behind)
+    earlier = _track_backward(model, source, behind, total, progress)
+    done = total - info.num_frames
 
     for index, image, time in source.frames():
         while ahead is not None and index > ahead.end:
             ahead = next(remaining, None)
         segment = ahead if ahead is not None and index in ahead else None
         active = [o for o in objects if index >= o.frame and (segment is not None or carry == "memory")]
-        tracked = []
+        tracked = earlier.pop(index, [])
         features = encode_frame(model.segmenter, image) if active else None
         for obj in active:
             prompt = _start_tracking(obj, index, time, segment, carry, info, model)
             seg = obj.tracker.step(features, prompt, info.width, info.height)
-            mask = (video_mask_logits(seg, info.height, info.width) > 0).cpu().numpy()
-            box = mask_box(mask)
-            obj.last_box = box or obj.last_box
-            tracked.append(ObjectFrame(obj.index, index, time, seg.object_score, seg.mask_score, box, mask_to_rle(mask)))
+            tracked.append(_object_frame(obj, index, time, seg, info))
+            obj.last_box = tracked[-1].box or obj.last_box
             if obj.clip is not None:
                 obj.clip.add(index, seg)
                 if index == obj.clip.end:
@@ -466,13 +477,50 @@ def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[R
                     obj.clip = None
                     if on_caption:
                         on_caption(captions[-1])
+        tracked.sort(key=lambda t: t.object)
         if tracked and on_frame:
             on_frame(tracked)
         if keep_frames:
             kept.extend(tracked)
         if progress:
-            progress(index + 1, info.num_frames, f"frame {index + 1}/{info.num_frames}")
+            progress(done + index + 1, total, f"frame {index + 1}/{info.num_frames}")
     return VideoResult(info, plan, captions, kept)
+
+
+def _track_backward(model: PAMModel, source: FrameSource, objects: list[_Object], total: int,
+                    progress: Optional[Progress]) -> dict[int, list[ObjectFrame]]:
+    """Masks of the frames between each object's first frame and its later prompt frame, tracked from the
+    prompt backward on a tracker of their own (so the forward track is unchanged). The frames come back in
+    reverse order from a temporary folder (uncompressed, so the numbers are those of the frames themselves)."""
+    found: dict[int, list[ObjectFrame]] = defaultdict(list)
+    if not objects:
+        return found
+    info, segmenter, done = source.info, model.segmenter, 0
+    spool_from, last_prompt = min(o.first for o in objects), max(o.frame for o in objects)
+    with tempfile.TemporaryDirectory(prefix="pam-video-") as folder:
+        spool, times = Path(folder), {}
+        for index, image, time in source.frames():
+            times[index] = time
+            if spool_from <= index < last_prompt:
+                np.save(spool / f"{index}.npy", np.asarray(image))
+            for obj in (o for o in objects if o.frame == index):
+                tracker = ObjectTracker(segmenter, obj.last - obj.first + 1)
+                tracker.step(encode_frame(segmenter, image), obj.region, info.width, info.height)
+                for past in range(index - 1, obj.first - 1, -1):
+                    seg = tracker.step(encode_frame(segmenter, Image.fromarray(np.load(spool / f"{past}.npy"))))
+                    found[past].append(_object_frame(obj, past, times[past], seg, info))
+                    done += 1
+                    if progress:
+                        progress(done, total, f"object {obj.index}: frame {past + 1}/{info.num_frames} "
+                                              f"(tracking back from frame {index + 1})")
+            if index >= last_prompt:
+                break
+    return found
+
+
+def _object_frame(obj: _Object, index: int, time: Optional[float], seg: Segmentation, info: VideoInfo) -> ObjectFrame:
+    mask = (video_mask_logits(seg, info.height, info.width) > 0).cpu().numpy()
+    return ObjectFrame(obj.index, index, time, seg.object_score, seg.mask_score, mask_box(mask), mask_to_rle(mask))
 
 
 def segment_task(task: str, lang: str) -> Callable[[Optional[str]], Task]:
@@ -502,7 +550,11 @@ def _objects(prompts, frame: int, info: VideoInfo, plan: list[Segment], carry: s
             raise PromptError(f"object {index}: prompt frame {prompt.frame} lies outside every segment; with "
                               "carry='box' tracking only runs inside segments")
         region = as_region(prompt.region).validated(info.width, info.height)
-        objects.append(_Object(index, region, int(prompt.frame)))
+        at = int(prompt.frame)
+        first, last = next(((s.start, s.end) for s in plan if at in s), (0, info.num_frames - 1))
+        if carry == "memory":
+            first, last = 0, info.num_frames - 1
+        objects.append(_Object(index, region, at, first, last))
     return objects
 
 
@@ -512,8 +564,8 @@ def _start_tracking(obj: _Object, index: int, time: Optional[float], segment: Op
     segmenter = model.segmenter
     prompt = None
     if index == obj.frame:
-        end = segment.end if carry == "box" else info.num_frames - 1
-        obj.tracker, prompt, obj.clip_prompt = ObjectTracker(segmenter, end - index + 1), obj.region, obj.region.kind
+        obj.tracker = ObjectTracker(segmenter, obj.last - obj.first + 1)
+        prompt, obj.clip_prompt = obj.region, obj.region.kind
     elif carry == "box" and index == segment.start:
         if obj.last_box is not None:  # the reference: re-prompt with the previous segment's last box
             obj.tracker = ObjectTracker(segmenter, segment.end - index + 1)

@@ -43,6 +43,9 @@ def add_describe_video(sub, describe: argparse.ArgumentParser) -> None:
     v.add_argument("--carry", default="box", choices=["box", "memory"],
                    help="how the object passes to the next segment: re-prompted with its last box (the "
                         "reference; default) or SAM 2's memory kept across segments")
+    v.add_argument("--forward-only", action="store_true",
+                   help="track from each prompt frame forward only (default: also backward to the start of the "
+                        "prompt's segment, or of the video with --carry memory)")
     v.add_argument("--fps", type=float, default=None, help="frame rate of a frame folder, for timestamps")
     v.add_argument("--png-masks", action="store_true", help="also write every mask as masks/obj_NN/FFFFFF.png")
     v.add_argument("--out", required=True, help="output folder")
@@ -140,7 +143,7 @@ def cmd_describe_video(args) -> int:
     try:
         result = pam.describe_video(
             source, prompts, task=args.task, lang=args.lang, segments=segments, window=args.window,
-            carry=args.carry, generation=settings, on_frame=writer.frame, on_caption=writer.caption,
+            carry=args.carry, backward=not args.forward_only, generation=settings, on_frame=writer.frame, on_caption=writer.caption,
             keep_frames=False, progress=lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)"))
     finally:
         writer.close()

@@ -162,11 +162,47 @@ def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
     folder = _frame_folder(tmp_path, 4)
     prompts = [Region.from_box(BOX), VideoPrompt(Region.from_points([[200, 120]]), frame=2)]
     result = pam.describe_video(folder, prompts, generation=FAST, keep_frames=True)
-    assert [(f.object, f.frame) for f in result.frames] == [(0, 0), (0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+    assert [(f.object, f.frame) for f in result.frames] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
+                                                            (0, 3), (1, 3)]
     by_object = {c.object: c for c in result.captions}
     assert (by_object[1].start_frame, by_object[1].prompt) == (2, "points")
     assert set(by_object[1].llm_frames) == {2, 3} and by_object[1].llm_frames[0] == 2
-    assert set(result.masks(1)) == {2, 3}
+    assert set(result.masks(1)) == {0, 1, 2, 3}
+    forward = pam.describe_video(folder, prompts, generation=FAST, backward=False)
+    assert set(forward.masks(1)) == {2, 3} and [c.text for c in forward.captions] == [c.text for c in result.captions]
+
+
+@needs_fixture
+def test_backward_tracking_is_sam2_reverse_propagation(pam, tmp_path):
+    """Frames before a later prompt are tracked back from it exactly as SAM2VideoPredictor's
+    propagate_in_video(reverse=True) does on the same frames, and the forward track does not change."""
+    torch = pytest.importorskip("torch")
+    folder = _frame_folder(tmp_path, 6)
+    prompt = VideoPrompt(Region.from_box(BOX), frame=4)
+    progress = []
+    result = pam.describe_video(folder, [prompt], generation=FAST, progress=lambda i, n, m: progress.append((i, n)))
+    assert [f.frame for f in result.frames] == list(range(6))
+    assert progress == [(i, 10) for i in range(1, 11)]  # 4 frames back, then the 6 frames of the video
+    forward = pam.describe_video(folder, [prompt], generation=FAST, backward=False)
+    assert [(f.rle, f.object_score) for f in result.frames[4:]] == [(f.rle, f.object_score) for f in forward.frames]
+    assert result.captions[0].text == forward.captions[0].text
+
+    predictor = pam.model.segmenter.model
+    with torch.inference_mode():
+        state = predictor.init_state(video_path=str(folder))
+        predictor.add_new_points_or_box(state, frame_idx=4, obj_id=1, box=np.array(BOX, dtype=np.float32))
+        expected = {f: (logits[0, 0] > 0).numpy()
+                    for f, _, logits in predictor.propagate_in_video(state, start_frame_idx=4, reverse=True)}
+    memory = state["output_dict_per_obj"][0]
+    for tracked in result.frames[:5]:
+        frame = tracked.frame
+        stored = memory["non_cond_frame_outputs"].get(frame) or memory["cond_frame_outputs"][frame]
+        assert np.array_equal(tracked.mask, expected[frame]), frame
+        assert tracked.object_score == pytest.approx(float(stored["object_score_logits"]), abs=1e-4), frame
+
+    # with box carry the backward track stops at the start of the prompt's segment
+    split = pam.describe_video(folder, [prompt], segments=[(0, 2), (3, 5)], generation=FAST)
+    assert [f.frame for f in split.frames] == [3, 4, 5]
 
 
 @needs_fixture
@@ -229,10 +265,16 @@ def test_cli_on_a_frame_folder_with_prompts_on_two_frames(tmp_path):
                 "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     tracks = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
-    assert [[o["object"] for o in t["objects"]] for t in tracks] == [[0], [0, 1], [0, 1]]
+    assert [[o["object"] for o in t["objects"]] for t in tracks] == [[0, 1], [0, 1], [0, 1]]
     assert [t["time"] for t in tracks] == [0.0, 0.5, 1.0]
     results = json.loads((out / "results.json").read_text())
     assert [c["start_frame"] for c in results["captions"]] == [0, 1]
+    assert "tracking back from frame 2" in proc.stderr
+
+    proc = _cli(str(folder), "--box", "150,60,260,200@1", "--forward-only", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    tracks = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    assert [t["frame"] for t in tracks] == [1, 2]
 
 
 def test_cli_errors_are_messages(tmp_path):
