@@ -42,6 +42,7 @@ SCENARIOS = {
 BOXES = [[40, 60, 200, 300], [220, 40, 420, 220], [430, 80, 620, 300], [60, 320, 260, 460],
          [280, 250, 460, 470], [480, 320, 630, 470], [150, 150, 500, 400], [10, 10, 630, 470]]
 TASKS = ["detailed", "category"]
+PICTURE_PIXELS = 640 * 480
 
 
 def picture() -> np.ndarray:
@@ -102,9 +103,25 @@ def run_scenario(name: str, model: Path, sam2: Path, args) -> dict:
     for index, r in results:
         for task, ids in r.token_ids.items():
             outputs[f"{index}|{task}"] = [ids, hashlib.sha1(r.mask.tobytes()).hexdigest()]
+    np.savez_compressed(mask_file(args, name), **{str(index): r.mask for index, r in results})
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
     return {"seconds": seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "peak_gpu_gb": peak_gpu, "regions": len({i for i, _ in results}), "outputs": outputs}
+
+
+def mask_file(args, name: str) -> Path:
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    return Path(args.workdir) / f"masks-{name}.npz"
+
+
+def differing_pixels(args, engine_run: str, reference_runs: str) -> list[int]:
+    """Pixels that differ between the engine's and the reference-style calls' mask, per region that differs."""
+    engine = np.load(mask_file(args, engine_run))
+    counts = []
+    for name in reference_runs:
+        reference = np.load(mask_file(args, name))
+        counts += [int((engine[k] != reference[k]).sum()) for k in reference.files if k in engine.files]
+    return [c for c in counts if c]
 
 
 def main() -> int:
@@ -146,10 +163,12 @@ def main() -> int:
             engine_outputs = measured[engine_run]["outputs"]
             same = engine_outputs == reference_outputs
             ratio = sum(measured[name]["seconds"] for name in reference_runs) / measured[engine_run]["seconds"]
-            differ = "" if same else " (token ids differ in {} of {} texts, masks in {})".format(
-                sum(engine_outputs[k][0] != v[0] for k, v in reference_outputs.items() if k in engine_outputs),
-                len(reference_outputs),
-                sum(engine_outputs[k][1] != v[1] for k, v in reference_outputs.items() if k in engine_outputs))
+            differ = ""
+            if not same:
+                texts = sum(engine_outputs.get(k, [None])[0] != v[0] for k, v in reference_outputs.items())
+                pixels = differing_pixels(args, engine_run, reference_runs)
+                differ = (f" (token ids differ in {texts} of {len(reference_outputs)} texts; masks differ in "
+                          f"{len(pixels)} region(s), by {pixels} pixels of {PICTURE_PIXELS})")
             print(f"({'+'.join(reference_runs)})/({engine_run}) = {ratio:.2f}x   "
                   f"outputs identical: {'yes' if same else 'NO'}{differ}")
             status |= not same
