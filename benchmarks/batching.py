@@ -12,7 +12,7 @@ a fixed number of new tokens per text, and each scenario in its own process so t
   f  describe everything on a 640x480 picture (grid 16x16, 8 regions, category)
 
 Outputs of b and c, and of d and c+e, must be identical (token ids and masks); the script says so and exits
-1 if not.
+1 if not. Every number and token id goes to --workdir/batching-results.json as well.
 Usage: python benchmarks/batching.py [--workdir DIR] [--threads 2] [--device cpu] [--dtype float32]
 The random checkpoint (about 4 GB) is written to --workdir once and reused.
 """
@@ -172,6 +172,9 @@ def main() -> int:
             print(f"({'+'.join(reference_runs)})/({engine_run}) = {ratio:.2f}x   "
                   f"outputs identical: {'yes' if same else 'NO'}{differ}")
             status |= not same
+    results = Path(args.workdir) / "batching-results.json"
+    results.write_text(json.dumps({"settings": vars(args), "scenarios": measured}, indent=1))
+    print(f"all numbers and token ids: {results}")
     return status
 
 
