@@ -4,7 +4,7 @@ with the fixture checkpoint in models/pam; outputs equal pam_core's for the same
 (b) the HTTP server: POST /prompt, websocket progress / success / interruption, output files;
 (c) headless Chromium: the points/box editor gets clicks and its value reaches graphToPrompt(), on the
 frontend ComfyUI 0.3.75 ships and on the latest comfyui-frontend-package.
-The prompt-parsing tests at the top need no ComfyUI."""
+The prompt-parsing and region tests at the top need no ComfyUI."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXA
                        get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
 from conftest import FIXTURE
 from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from comfy_nodes.regions import PAMRegions
 from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
+from pam_core.prompts import mask_box
+from pam_core.video import ObjectFrame, Segment, SegmentCaption, VideoInfo, VideoResult, mask_to_rle
 
 TOKENS = 16  # text length in the graph tests: the fixture model writes gibberish, short keeps them fast
 BOX = [70, 110, 270, 340]
@@ -90,6 +93,29 @@ def test_masks_are_resized_to_the_image():
     assert resized.shape == (8, 8) and resized[:4, :4].all() and resized.sum() == 16
     [same] = masks_for_image(mask[0], 4, 4)  # [H, W] is accepted too
     assert same.sum() == 4
+
+
+def test_video_tracks_become_regions_per_frame_with_their_segment_caption():
+    def tracked(obj, frame, mask):
+        return ObjectFrame(obj, frame, None, 1.0, 0.9, mask_box(mask), mask_to_rle(mask))
+
+    left, right = np.zeros((4, 6), dtype=bool), np.zeros((4, 6), dtype=bool)
+    left[1:3, 0:3], right[1:3, 2:5] = True, True
+    # memory carry: object 0 is tracked on frame 2 too, outside the only segment (no caption there)
+    result = VideoResult(VideoInfo(3, 6, 4, None), [Segment(0, 1)],
+                         [SegmentCaption(0, 0, 1, None, None, [0] * 16, "box", "video_caption", "en", "a cat\nsits"),
+                          SegmentCaption(1, 1, 1, None, None, [1] * 16, "points", "video_caption", "en", "a dog")],
+                         [tracked(0, 0, left), tracked(0, 1, left), tracked(1, 1, right), tracked(0, 2, right)])
+    regions = PAMRegions.from_video(result, ["box", "points"], "video_caption", "en")
+    assert [[(r.index, r.prompt, r.text) for r in frame] for frame in regions.per_image] == [
+        [(0, "box", "a cat\nsits")], [(0, "box", "a cat\nsits"), (1, "points", "a dog")], [(0, "box", "")]]
+    assert regions.lines() == ["a cat sits", "a cat sits", "a dog", ""]
+    union = regions.union_masks()
+    assert union.shape == (3, 4, 6) and union.dtype == torch.float32
+    np.testing.assert_array_equal(union.numpy() > 0.5, [left, left | right, right])
+    assert regions.to_json()[2] == {"image": 1, "index": 1, "prompt": "points", "box": [2, 1, 5, 3], "mask_area": 6,
+                                    "mask_score": 0.9, "object_score": 1.0, "task": "video_caption", "lang": "en",
+                                    "text": "a dog", "texts": {"video_caption": "a dog"}}
 
 
 # --- (a) real ComfyUI engine, in a child process -----------------------------------------------------------
