@@ -34,6 +34,7 @@ from pam_core.prompts import mask_box
 from pam_core.video import ObjectFrame, Segment, SegmentCaption, VideoInfo, VideoResult, mask_to_rle
 
 TOKENS = 16  # text length in the graph tests: the fixture model writes gibberish, short keeps them fast
+VIDEO_TOKENS = 4  # shorter still for PAM Video's several captions
 BOX = [70, 110, 270, 340]
 POINT = [460, 150]
 PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
@@ -130,7 +131,7 @@ TEXT = {"lang": "en", "instruction": "", "max_new_tokens": TOKENS}
 VIDEO_SOURCE = {"1": ("LoadVideo", {"file": EXAMPLE_VIDEO}), "2": ("GetVideoComponents", {"video": ["1", 0]}),
                 "3": LOADER}
 VIDEO = {"pam_model": ["3", 0], "frames": ["2", 0], "fps": ["2", 2], "frame": 0, "task": "caption", **TEXT,
-         "prompt": json.dumps({"boxes": [VIDEO_BOX]})}
+         "max_new_tokens": VIDEO_TOKENS, "prompt": json.dumps({"boxes": [VIDEO_BOX]})}
 
 JOBS = {
     "max_new_tokens": TOKENS,
@@ -334,7 +335,7 @@ def test_video_masks_and_regions_match_pam_core(engine, pam):
     assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
     want = pam.describe_video(example_video(base), [Region.from_box(VIDEO_BOX), Region.from_points([VIDEO_POINT])],
                               frame=1, task="category", segments=[(0, 2), (3, 4)],
-                              generation=GenerationSettings(max_new_tokens=TOKENS))
+                              generation=GenerationSettings(max_new_tokens=VIDEO_TOKENS))
     assert [(c.object, c.start_frame, c.end_frame) for c in want.captions] == [(0, 1, 2), (1, 1, 2), (0, 3, 4), (1, 3, 4)]
     assert entry["outputs"]["5"]["text"] == [caption_lines(want)]
     masks = saved_images(base, entry["outputs"]["7"])  # one mask per frame: the union of both objects
