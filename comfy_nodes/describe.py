@@ -26,21 +26,59 @@ NO_REGION = ("no region to describe: click on the image in the editor (left = po
              "point, drag = box), or connect points, bboxes or a mask")
 
 
-def text_inputs() -> list:
-    """Task, language and length inputs shared by every describe node."""
-    return [
-        io.Combo.Input("task", options=[*TASK_NAMES, CUSTOM_TASK], default="brief",
-                       tooltip="category: a label; definition: label + definition; brief / detailed: a caption; "
-                               "custom instruction: the instruction text below."),
+IMAGE_TASKS_HELP = ("category: a label; definition: label + definition; brief / detailed: a caption; "
+                    "custom instruction: the instruction text below.")
+
+
+def text_inputs(tasks=TASK_NAMES, default: str = "brief", task_help: str = IMAGE_TASKS_HELP,
+                more_tasks: bool = True) -> list:
+    """Task, language and length inputs shared by every describe node (`more_tasks` where a node takes several)."""
+    inputs = [
+        io.Combo.Input("task", options=[*tasks, CUSTOM_TASK], default=default, tooltip=task_help),
         io.Combo.Input("lang", options=list(LANGUAGES), default="en", tooltip="Language of the text (en, zh)."),
         io.String.Input("instruction", default="", multiline=False, optional=True,
                         tooltip="Your own instruction (several words), used when task is 'custom instruction'."),
         io.Int.Input("max_new_tokens", default=512, min=1, max=4096, optional=True,
                      tooltip="Longest text per region, in tokens (generation is greedy, so results repeat)."),
-        io.String.Input("more_tasks", default="", optional=True,
-                        tooltip="Further tasks for every region, comma-separated (e.g. 'category, detailed'); "
-                                "each region's image features are computed once for all of its texts."),
     ]
+    if more_tasks:
+        inputs.append(io.String.Input(
+            "more_tasks", default="", optional=True,
+            tooltip="Further tasks for every region, comma-separated (e.g. 'category, detailed'); each region's "
+                    "image features are computed once for all of its texts."))
+    return inputs
+
+
+def editor_input() -> io.String.Input:
+    """The prompt the JS editor (web/pam_prompt_editor.js) writes when the node's picture is clicked."""
+    return io.String.Input("prompt", default="", multiline=True,
+                           tooltip='Set by the editor: {"positive": [{"x":..,"y":..}], "negative": [...], '
+                                   '"boxes": [[x0,y0,x1,y1]]} in image pixels. A KJNodes point list works too.')
+
+
+def connected_prompt_inputs(unit: str) -> list:
+    """Optional prompt sockets besides the editor: KJNodes point strings, BBOX boxes and masks; each box and
+    each mask is one `unit` (region / object)."""
+    return [
+        io.String.Input("positive_points", force_input=True, optional=True,
+                        tooltip='Positive points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+        io.String.Input("negative_points", force_input=True, optional=True,
+                        tooltip='Negative points, KJNodes Points Editor format [{"x":..,"y":..}].'),
+        io.BBOX.Input("bboxes", optional=True, tooltip=f"Boxes [x0, y0, x1, y1] in pixels; each is one {unit}."),
+        io.Mask.Input("mask", optional=True, tooltip=f"Masks [B, H, W]; each is one {unit} (resized to the "
+                                                     f"image if needed)."),
+    ]
+
+
+def prompt_regions(prompt: str, positive_points, negative_points, bboxes, mask, height: int, width: int,
+                   each_point_is_a_region: bool = False) -> list[Region]:
+    """The editor prompt and the connected prompts as Regions: boxes, then the points, then the masks."""
+    prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
+                                             parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
+    regions = prompts.regions(each_point_is_a_region)
+    if mask is not None:
+        regions += [Region(mask=m) for m in masks_for_image(mask, height, width)]
+    return regions
 
 
 def region_outputs() -> list:
@@ -50,12 +88,18 @@ def region_outputs() -> list:
                                                                 "Regions to Text / JSON and Overlay nodes.")]
 
 
+def chosen_task(task: str, instruction: str | None) -> str:
+    """The task combo's choice, or the instruction text when it is 'custom instruction'."""
+    if task != CUSTOM_TASK:
+        return task
+    if not (instruction or "").strip():
+        raise TaskError("task is 'custom instruction' but the instruction text is empty")
+    return instruction.strip()
+
+
 def resolve_tasks(task: str, instruction: str | None, more_tasks: str | None) -> list[str]:
     """The task list pam.describe takes: the chosen task (or the custom instruction), then `more_tasks`."""
-    if task == CUSTOM_TASK:
-        if not (instruction or "").strip():
-            raise TaskError("task is 'custom instruction' but the instruction text is empty")
-        task = instruction.strip()
+    task = chosen_task(task, instruction)
     more = [name.strip() for name in (more_tasks or "").split(",") if name.strip()]
     unknown = [name for name in more if name not in TASK_NAMES]
     if unknown:
@@ -114,20 +158,12 @@ class PAMSegmentDescribe(io.ComfyNode):
             inputs=[
                 PamModel.Input("pam_model"),
                 io.Image.Input("image"),
-                io.String.Input("prompt", default="", multiline=True,
-                                tooltip='Set by the editor: {"positive": [{"x":..,"y":..}], "negative": [...], '
-                                        '"boxes": [[x0,y0,x1,y1]]} in image pixels. A KJNodes point list works too.'),
+                editor_input(),
                 *text_inputs(),
                 io.Boolean.Input("each_point_is_a_region", default=False, optional=True,
                                  tooltip="On: every positive point is its own region (negative points apply to "
                                          "all). Off: all points describe one region."),
-                io.String.Input("positive_points", force_input=True, optional=True,
-                                tooltip='Positive points, KJNodes Points Editor format [{"x":..,"y":..}].'),
-                io.String.Input("negative_points", force_input=True, optional=True,
-                                tooltip='Negative points, KJNodes Points Editor format [{"x":..,"y":..}].'),
-                io.BBOX.Input("bboxes", optional=True, tooltip="Boxes [x0, y0, x1, y1] in pixels; each is a region."),
-                io.Mask.Input("mask", optional=True, tooltip="Masks [B, H, W]; each is a region (resized to the "
-                                                            "image if needed)."),
+                *connected_prompt_inputs("region"),
             ],
             outputs=region_outputs(),
             is_output_node=True,  # runs on its own and shows the captions on the node
@@ -137,11 +173,8 @@ class PAMSegmentDescribe(io.ComfyNode):
     def execute(cls, pam_model, image, prompt, task, lang, instruction="", max_new_tokens=512, more_tasks="",
                 each_point_is_a_region=False, positive_points=None, negative_points=None, bboxes=None,
                 mask=None) -> io.NodeOutput:
-        prompts = parse_editor(prompt) + Prompts(parse_points(positive_points, "positive_points"),
-                                                 parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
-        regions = prompts.regions(each_point_is_a_region)
-        if mask is not None:
-            regions += [Region(mask=m) for m in masks_for_image(mask, image.shape[1], image.shape[2])]
+        regions = prompt_regions(prompt, positive_points, negative_points, bboxes, mask, image.shape[1],
+                                 image.shape[2], each_point_is_a_region)
         describe = describe_regions([regions] * image.shape[0], resolve_tasks(task, instruction, more_tasks), lang)
         return describe_batch(pam_model, image, describe, max_new_tokens)
 

@@ -5,8 +5,10 @@ from comfy_api.latest import ComfyExtension, io
 from .describe import PAMDescribeEverything, PAMDescribeMasks, PAMSegmentDescribe
 from .loader import PAMModelLoader, register_model_folders
 from .output import PAMOverlay, PAMRegionsToText
+from .video import PAMVideo
 
-NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMDescribeEverything, PAMRegionsToText, PAMOverlay]
+NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMDescribeEverything, PAMVideo, PAMRegionsToText,
+         PAMOverlay]
 
 
 class PAMExtension(ComfyExtension):

@@ -1,4 +1,5 @@
-"""PAM_REGIONS: what the describe nodes found, per image, for the text / JSON and overlay nodes downstream."""
+"""PAM_REGIONS: what the describe nodes found, per image (or video frame), for the text / JSON and overlay nodes
+downstream."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from pam_core import RegionResult
+from pam_core.video import VideoResult
 
 
 @dataclass
@@ -17,6 +19,24 @@ class PAMRegions:
 
     per_image: list[list[RegionResult]]
     sizes: list[tuple[int, int]]
+
+    @classmethod
+    def from_video(cls, result: VideoResult, prompts: list[str], task: str, lang: str) -> "PAMRegions":
+        """A video's tracks as regions per frame: every object tracked on the frame (`prompts[object]` is its
+        prompt kind), with the caption of that object for the segment holding the frame; "" (under `task`)
+        where it has none (frames outside every segment, tracked with memory carry)."""
+        texts = {}
+        for caption in result.captions:
+            segment = next(s for s in result.segments if caption.start_frame in s)
+            texts[caption.object, segment] = {caption.task: caption.text}
+        per_frame: list[list[RegionResult]] = [[] for _ in range(result.info.num_frames)]
+        for tracked in result.frames:
+            segment = next((s for s in result.segments if tracked.frame in s), None)
+            per_frame[tracked.frame].append(RegionResult(
+                index=tracked.object, prompt=prompts[tracked.object], mask=tracked.mask, box=tracked.box,
+                mask_score=tracked.mask_score, object_score=tracked.object_score, lang=lang,
+                texts=texts.get((tracked.object, segment), {task: ""})))
+        return cls(per_frame, [(result.info.height, result.info.width)] * result.info.num_frames)
 
     def flat(self) -> list[tuple[int, RegionResult]]:
         return [(image, r) for image, results in enumerate(self.per_image) for r in results]
@@ -28,6 +48,14 @@ class PAMRegions:
             height, width = self.sizes[0] if self.sizes else (64, 64)
             return torch.zeros(0, height, width)
         return torch.from_numpy(np.stack(flat)).float()
+
+    def union_masks(self) -> torch.Tensor:
+        """One mask per image [B, H, W]: the union of its regions' masks (empty for an image without any)."""
+        height, width = self.sizes[0]
+        union = torch.zeros(len(self.per_image), height, width)
+        for image, result in self.flat():
+            union[image] = torch.maximum(union[image], torch.from_numpy(result.mask).float())
+        return union
 
     def lines(self) -> list[str]:
         """One line per region (line breaks inside a text become spaces); with several tasks per region

@@ -1,7 +1,7 @@
 // Headless Chromium against a running ComfyUI (used by test_comfy_nodes.py): builds Load Image -> PAM Segment &
 // Describe, clicks the editor (left = positive point, right = negative point, drag = box), reads the prompt
 // widget, its text box and app.graphToPrompt(), saves a screenshot, then loads every example workflow and
-// records its graphToPrompt() output and a screenshot.
+// records its graphToPrompt() output, the picture size each editor shows, and a screenshot.
 // usage: NODE_PATH=build/comfyui/node_modules node comfy_browser.cjs URL CLICKS_JSON EXAMPLES_DIR OUT_DIR TAG
 const fs = require("fs");
 const path = require("path");
@@ -16,7 +16,7 @@ async function main() {
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
            "--disable-component-update", "--disable-sync"],
   });
-  const result = { console_errors: [], examples: {} };
+  const result = { console_errors: [], examples: {}, example_editor_images: {} };
   try {
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     page.on("console", (msg) => { if (msg.type() === "error") result.console_errors.push(msg.text()); });
@@ -96,7 +96,12 @@ async function main() {
         await window.app.loadGraphData(flow);
         return (await window.app.graphToPrompt()).output;
       }, workflow);
+      // the editors show their node's picture (a video's first frame for PAM Video) once it has loaded
+      await page.waitForFunction(() => [...document.querySelectorAll(".pam-prompt-editor")]
+        .every((e) => e.dataset.imageLoaded), null, { timeout: 30000 }).catch(() => {});
       await page.waitForTimeout(500);
+      result.example_editor_images[name] = await page.evaluate(() => [...document.querySelectorAll(".pam-prompt-editor")]
+        .map((e) => e.dataset.imageLoaded ?? null));
       result.examples[name] = output;
       await page.screenshot({ path: path.join(outDir, `${name}-${tag}.jpg`), type: "jpeg", quality: 80 });
     }

@@ -14,7 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import FIXTURE
 
@@ -25,7 +27,10 @@ LATEST_FRONTEND = BUILD / "frontend-latest" / "comfyui_frontend_package" / "stat
 NODE_MODULES = BUILD / "node_modules"
 ARTIFACTS = REPO / "test-artifacts" / "comfyui"
 EXAMPLES = REPO / "example_workflows"
-EXAMPLE_IMAGE = "pam_example.png"  # the name the example workflows load from ComfyUI's input folder
+EXAMPLE_IMAGE = "pam_example.png"  # the names the example workflows load from ComfyUI's input folder
+EXAMPLE_VIDEO = "pam_example.mp4"  # the fixture's first VIDEO_FRAMES video frames at VIDEO_FPS
+LONG_VIDEO = "pam_long.mp4"  # all 20 of them (long enough to cancel a run halfway)
+VIDEO_FRAMES, VIDEO_FPS = 5, 10
 PACK_NAME = "pam-suite"
 CHECKPOINT_NAME = "pam_tiny"
 EXTRA_CHECKPOINT_NAME = "PAM-tiny/pam_tiny"
@@ -39,8 +44,8 @@ needs_comfyui = pytest.mark.skipif(
 def make_base(root: Path, vue_nodes: bool = False) -> Path:
     """A ComfyUI base directory: this repository as a custom node pack, the fixture checkpoint in
     models/pam (and once more through extra_model_paths.yaml), its SAM 2 weights in models/sam2, the fixture
-    image in input/, and UI settings that skip the first-run templates dialog and pick the node renderer
-    (LiteGraph canvas, or the Vue "Nodes 2.0" of newer frontends)."""
+    image and the fixture video (as mp4s) in input/, and UI settings that skip the first-run templates dialog
+    and pick the node renderer (LiteGraph canvas, or the Vue "Nodes 2.0" of newer frontends)."""
     (root / "custom_nodes").mkdir(parents=True)
     (root / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
     (root / "models" / "pam").mkdir(parents=True)
@@ -56,10 +61,27 @@ def make_base(root: Path, vue_nodes: bool = False) -> Path:
     (root / "extra_model_paths.yaml").write_text("shared:\n  base_path: shared_models\n  pam: pam\n")
     (root / "input").mkdir()
     shutil.copy(FIXTURE / "inputs" / "image.png", root / "input" / EXAMPLE_IMAGE)
+    frames = sorted((FIXTURE / "inputs" / "video").glob("*.jpg"))
+    write_mp4(root / "input" / EXAMPLE_VIDEO, frames[:VIDEO_FRAMES], VIDEO_FPS)
+    write_mp4(root / "input" / LONG_VIDEO, frames, VIDEO_FPS)
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.VueNodes.Enabled": vue_nodes}))
     return root
+
+
+def write_mp4(path: Path, frames: list[Path], fps: int) -> None:
+    """H.264 mp4 of image files (what Load Video reads and browsers play)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = Image.open(frames[0]).size
+        for file in frames:
+            frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(file).convert("RGB")), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
 def comfy_args(base: Path) -> list[str]:

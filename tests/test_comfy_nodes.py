@@ -4,7 +4,7 @@ with the fixture checkpoint in models/pam; outputs equal pam_core's for the same
 (b) the HTTP server: POST /prompt, websocket progress / success / interruption, output files;
 (c) headless Chromium: the points/box editor gets clicks and its value reaches graphToPrompt(), on the
 frontend ComfyUI 0.3.75 ships and on the latest comfyui-frontend-package.
-The prompt-parsing tests at the top need no ComfyUI."""
+The prompt-parsing and region tests at the top need no ComfyUI."""
 
 from __future__ import annotations
 
@@ -23,19 +23,27 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLES, EXTRA_CHECKPOINT_NAME, FIXTURE_AUTOMASK,
-                       LATEST_FRONTEND, NODE_MODULES, SAM2_NAME, comfy_server, get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
+from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLE_VIDEO, EXAMPLES, EXTRA_CHECKPOINT_NAME,
+                       FIXTURE_AUTOMASK, LATEST_FRONTEND, LONG_VIDEO, NODE_MODULES, SAM2_NAME, VIDEO_FRAMES, comfy_server,
+                       get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
 from conftest import FIXTURE
 from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from comfy_nodes.regions import PAMRegions
 from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
+from pam_core.prompts import mask_box
+from pam_core.video import ObjectFrame, Segment, SegmentCaption, VideoInfo, VideoResult, mask_to_rle
 
 TOKENS = 16  # text length in the graph tests: the fixture model writes gibberish, short keeps them fast
+VIDEO_TOKENS = 4  # shorter still for PAM Video's several captions
 BOX = [70, 110, 270, 340]
 POINT = [460, 150]
 PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
 HUB_MODELS = ["Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B"]
 PAM_NODES = ["PAMDescribeEverything", "PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText",
-             "PAMSegmentDescribe"]
+             "PAMSegmentDescribe", "PAMVideo"]
+EXAMPLE_WORKFLOWS = ["click_to_caption", "describe_everything", "video_caption"]
+VIDEO_BOX = [30, 50, 110, 130]  # the red square on the fixture video's first frames (320x240)
+VIDEO_POINT = [260, 180]  # the green disc
 
 
 # --- prompt inputs (no ComfyUI needed) ---------------------------------------------------------------------
@@ -88,6 +96,29 @@ def test_masks_are_resized_to_the_image():
     assert same.sum() == 4
 
 
+def test_video_tracks_become_regions_per_frame_with_their_segment_caption():
+    def tracked(obj, frame, mask):
+        return ObjectFrame(obj, frame, None, 1.0, 0.9, mask_box(mask), mask_to_rle(mask))
+
+    left, right = np.zeros((4, 6), dtype=bool), np.zeros((4, 6), dtype=bool)
+    left[1:3, 0:3], right[1:3, 2:5] = True, True
+    # memory carry: object 0 is tracked on frame 2 too, outside the only segment (no caption there)
+    result = VideoResult(VideoInfo(3, 6, 4, None), [Segment(0, 1)],
+                         [SegmentCaption(0, 0, 1, None, None, [0] * 16, "box", "video_caption", "en", "a cat\nsits"),
+                          SegmentCaption(1, 1, 1, None, None, [1] * 16, "points", "video_caption", "en", "a dog")],
+                         [tracked(0, 0, left), tracked(0, 1, left), tracked(1, 1, right), tracked(0, 2, right)])
+    regions = PAMRegions.from_video(result, ["box", "points"], "video_caption", "en")
+    assert [[(r.index, r.prompt, r.text) for r in frame] for frame in regions.per_image] == [
+        [(0, "box", "a cat\nsits")], [(0, "box", "a cat\nsits"), (1, "points", "a dog")], [(0, "box", "")]]
+    assert regions.lines() == ["a cat sits", "a cat sits", "a dog", ""]
+    union = regions.union_masks()
+    assert union.shape == (3, 4, 6) and union.dtype == torch.float32
+    np.testing.assert_array_equal(union.numpy() > 0.5, [left, left | right, right])
+    assert regions.to_json()[2] == {"image": 1, "index": 1, "prompt": "points", "box": [2, 1, 5, 3], "mask_area": 6,
+                                    "mask_score": 0.9, "object_score": 1.0, "task": "video_caption", "lang": "en",
+                                    "text": "a dog", "texts": {"video_caption": "a dog"}}
+
+
 # --- (a) real ComfyUI engine, in a child process -----------------------------------------------------------
 
 def api_prompt(**nodes) -> dict:
@@ -97,10 +128,14 @@ def api_prompt(**nodes) -> dict:
 LOADER = ("PAMModelLoader", {"model": "pam_tiny", "sam2": "sam2.1_hiera_pamtiny.pt", "device": "auto",
                              "dtype": "auto", "keep_loaded": False, "download_from_hub": False})
 TEXT = {"lang": "en", "instruction": "", "max_new_tokens": TOKENS}
+VIDEO_SOURCE = {"1": ("LoadVideo", {"file": EXAMPLE_VIDEO}), "2": ("GetVideoComponents", {"video": ["1", 0]}),
+                "3": LOADER}
+VIDEO = {"pam_model": ["3", 0], "frames": ["2", 0], "fps": ["2", 2], "frame": 0, "task": "caption", **TEXT,
+         "max_new_tokens": VIDEO_TOKENS, "prompt": json.dumps({"boxes": [VIDEO_BOX]})}
 
 JOBS = {
     "max_new_tokens": TOKENS,
-    "workflows": {name: load_example(name) for name in ("click_to_caption", "describe_everything")},
+    "workflows": {name: load_example(name) for name in EXAMPLE_WORKFLOWS},
     "prompts": {
         # a batch of two images: the same prompts on each, masks saved as PNGs, and the masks described again
         "batch_and_masks": api_prompt(
@@ -122,6 +157,19 @@ JOBS = {
                "4": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
                                             "positive_points": ["3", 0], "task": "custom instruction",
                                             **TEXT, "lang": "zh", "instruction": "What is this thing used for?"})}),
+        # two objects (a box on frame 1, tracked back to frame 0, and a KJNodes point string), two segments,
+        # an image task; the per-frame masks saved as PNGs, the per-object regions as JSON
+        "video_two_objects": api_prompt(**VIDEO_SOURCE, **{
+            "4": ("PrimitiveString", {"value": json.dumps([{"x": VIDEO_POINT[0], "y": VIDEO_POINT[1]}])}),
+            "5": ("PAMVideo", {**VIDEO, "frame": 1, "task": "category", "segments": "0-2, 3-4",
+                               "positive_points": ["4", 0]}),
+            "6": ("MaskToImage", {"mask": ["5", 0]}),
+            "7": ("SaveImage", {"images": ["6", 0], "filename_prefix": "video_masks"}),
+            "8": ("PAMRegionsToText", {"regions": ["5", 2]}),
+            "9": ("PreviewAny", {"source": ["8", 1]})}),
+        "video_no_prompt": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "prompt": ""})}),
+        "video_frame_outside": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "frame": VIDEO_FRAMES})}),
+        "video_bad_segments": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "segments": "0:2"})}),
         "no_prompt": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
                "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
@@ -252,6 +300,72 @@ def test_errors_say_what_to_do(engine):
     assert "downloads are disabled (HF_HUB_OFFLINE=1" in offline  # the switch never overrides HF_HUB_OFFLINE
 
 
+def caption_lines(result) -> str:
+    """The captions output of PAM Video for a pam_core VideoResult: one line per object and segment."""
+    return "\n".join(f"object {c.object}, frames {c.start_frame}-{c.end_frame} ({c.start_time:.2f}-{c.end_time:.2f} s): "
+                     f"{' '.join(c.text.split())}" for c in result.captions)
+
+
+def example_video(base: Path) -> Path:
+    return base / "input" / EXAMPLE_VIDEO
+
+
+@needs_comfyui
+def test_video_caption_example_gives_pam_core_captions_and_a_captioned_video(engine, pam):
+    import av
+
+    results, base = engine
+    entry = results["video_caption"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.describe_video(example_video(base), [Region.from_box(VIDEO_BOX)],
+                              generation=GenerationSettings(max_new_tokens=TOKENS))
+    assert len(want.captions) == 1 and want.captions[0].end_frame == VIDEO_FRAMES - 1
+    assert entry["outputs"]["4"]["text"] == [caption_lines(want)]
+    assert caption_lines(want).startswith(f"object 0, frames 0-{VIDEO_FRAMES - 1} (0.00-0.50 s): ")
+    [saved] = entry["outputs"]["7"]["images"]  # Save Video: the overlay frames as an mp4
+    with av.open(str(base / "output" / saved["subfolder"] / saved["filename"])) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == VIDEO_FRAMES and frames[0].shape == (240, 320, 3)
+
+
+@needs_comfyui
+def test_video_masks_and_regions_match_pam_core(engine, pam):
+    results, base = engine
+    entry = results["video_two_objects"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.describe_video(example_video(base), [Region.from_box(VIDEO_BOX), Region.from_points([VIDEO_POINT])],
+                              frame=1, task="category", segments=[(0, 2), (3, 4)],
+                              generation=GenerationSettings(max_new_tokens=VIDEO_TOKENS))
+    assert [(c.object, c.start_frame, c.end_frame) for c in want.captions] == [(0, 1, 2), (1, 1, 2), (0, 3, 4), (1, 3, 4)]
+    assert entry["outputs"]["5"]["text"] == [caption_lines(want)]
+    masks = saved_images(base, entry["outputs"]["7"])  # one mask per frame: the union of both objects
+    assert len(masks) == VIDEO_FRAMES and all(m.shape[:2] == (240, 320) for m in masks)
+    for index, saved in enumerate(masks):
+        np.testing.assert_array_equal(saved[..., 0] > 127, want.masks(0)[index] | want.masks(1)[index])
+    assert all(want.masks(0)[i].any() for i in range(VIDEO_FRAMES))  # frame 0 comes from the backward track
+    texts = {(c.object, c.start_frame > 2): c.text for c in want.captions}
+    kinds = ["box", "points"]
+    per_object = [{"image": t.frame, "index": t.object, "prompt": kinds[t.object], "box": list(t.box),
+                   "mask_area": int(t.mask.sum()), "mask_score": t.mask_score, "object_score": t.object_score,
+                   "task": "category", "lang": "en", "text": texts[t.object, t.frame > 2],
+                   "texts": {"category": texts[t.object, t.frame > 2]}}
+                  for t in sorted(want.frames, key=lambda t: (t.frame, t.object))]
+    [as_json] = entry["outputs"]["9"]["text"]  # PAM Regions to Text / JSON: each object on each frame
+    assert json.loads(as_json) == per_object
+
+
+@needs_comfyui
+@pytest.mark.parametrize("job, message", [
+    ("video_no_prompt", "no object to track: click on the frame"),
+    ("video_frame_outside", f"prompt frame {VIDEO_FRAMES} is not a frame of the video (0-{VIDEO_FRAMES - 1})"),
+    ("video_bad_segments", "segment '0:2' must look like START-END"),
+])
+def test_video_errors_say_what_is_wrong(engine, job, message):
+    results, _ = engine
+    error = execution_error(results[job])
+    assert error["node_type"] == "PAMVideo" and message in error["exception_message"]
+
+
 # --- (b) the HTTP server --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -314,7 +428,7 @@ def test_server_runs_click_to_caption(servers):
     stats = get_json(f"{url}/system_stats")
     assert stats["system"]["comfyui_version"] == "0.3.75"
     assert "/extensions/pam-suite/pam_prompt_editor.js" in get_json(f"{url}/extensions")
-    assert sorted(get_json(f"{url}/api/workflow_templates")["pam-suite"]) == ["click_to_caption", "describe_everything"]
+    assert sorted(get_json(f"{url}/api/workflow_templates")["pam-suite"]) == EXAMPLE_WORKFLOWS
     loader = get_json(f"{url}/object_info/PAMModelLoader")["PAMModelLoader"]["input"]["required"]
     assert loader["model"][1]["options"] == [EXTRA_CHECKPOINT_NAME, CHECKPOINT_NAME, *HUB_MODELS]  # sorted
     assert loader["sam2"][1]["options"] == [SAM2_NAME, "facebook/sam2.1-hiera-large"]
@@ -352,6 +466,26 @@ def test_server_interrupt_stops_between_regions(servers):
     assert max(done) < 10
 
 
+@needs_comfyui
+def test_server_video_progress_per_frame_and_cancel(servers):
+    url, base = servers("bundled")
+    prompt = server_prompt(url, "video_caption")
+    _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt), 900))
+    assert messages[-1]["type"] == "execution_success", messages[-1]
+    progress = [(m["data"]["value"], m["data"]["max"]) for m in messages if m["type"] == "progress"
+                and m["data"]["node"] == "4"]
+    assert progress == [(frame, VIDEO_FRAMES) for frame in range(1, VIDEO_FRAMES + 1)]  # one step per frame
+    executed = {m["data"]["node"]: m["data"]["output"] for m in messages if m["type"] == "executed"}
+    [saved] = executed["7"]["images"]
+    assert (base / "output" / saved["subfolder"] / saved["filename"]).is_file()
+    # 20 frames: Cancel after the first one stops the tracking
+    prompt["1"]["inputs"]["file"] = LONG_VIDEO
+    _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt, interrupt_on_progress=True), 900))
+    assert messages[-1]["type"] == "execution_interrupted", messages[-1]
+    done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "4"]
+    assert done and max(done) < 20
+
+
 # --- (c) headless Chromium --------------------------------------------------------------------------------
 
 @needs_comfyui
@@ -376,6 +510,9 @@ def test_editor_clicks_reach_graph_to_prompt(servers, frontend):
     assert box == pytest.approx(BOX, abs=1.5)
     assert result["status_text"].startswith("1 positive, 1 negative, 1 box")
     assert (ARTIFACTS / f"editor-{frontend}.png").stat().st_size > 10_000
+    # the editors of the loaded examples show their picture: the image, and the video's first frame
+    assert result["example_editor_images"] == {"click_to_caption": ["640x480"], "describe_everything": [],
+                                               "video_caption": ["320x240"]}
     info = get_json(f"{url}/object_info")
     for name, output in result["examples"].items():  # the browser's conversion equals the tests' converter
         mine = workflow_to_prompt(load_example(name), lambda kind: info[kind]["input"] if kind in info else None)

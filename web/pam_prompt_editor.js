@@ -1,10 +1,11 @@
-// Points/box editor on the "PAM Segment & Describe" node: shows the node's input image; left-click adds a
-// positive point, right-click a negative point, left-drag a box. Everything lives in the node's "prompt"
-// STRING widget (JSON in image pixels), so saved workflows and API prompts carry it without the browser.
+// Points/box editor on the "PAM Segment & Describe" and "PAM Video" nodes: shows the picture behind the node's
+// image input (for PAM Video: the first frame of the connected video); left-click adds a positive point,
+// right-click a negative point, left-drag a box. Everything lives in the node's "prompt" STRING widget (JSON in
+// image pixels), so saved workflows and API prompts carry it without the browser.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
-const NODE_TYPE = "PAMSegmentDescribe";
+const PICTURE_INPUTS = { PAMSegmentDescribe: "image", PAMVideo: "frames" }; // node type -> its IMAGE input
 const DRAG_PIXELS = 6; // shorter mouse moves count as clicks
 const COLORS = { positive: "#22c55e", negative: "#ef4444", box: "#38bdf8" };
 
@@ -23,27 +24,52 @@ function round(value) {
   return Math.round(value * 10) / 10;
 }
 
-// Where the image of the node's "image" input can be fetched: a Load Image node's file, or the preview an
-// upstream node shows.
-function sourceImageUrl(node) {
-  const slot = node.inputs?.findIndex((input) => input.name === "image");
+function inputFileUrl(file) {
+  const cut = file.lastIndexOf("/");
+  const params = new URLSearchParams({
+    filename: file.slice(cut + 1), subfolder: cut >= 0 ? file.slice(0, cut) : "", type: "input",
+  });
+  return api.apiURL(`/view?${params}`);
+}
+
+// Where the picture behind the node's input `name` can be fetched: a Load Image node's file, the preview an
+// upstream node shows, or a Load Video node's file (`video: true`), also through Get Video Components.
+function pictureSource(node, name, depth = 0) {
+  const slot = node.inputs?.findIndex((input) => input.name === name);
   const upstream = slot >= 0 ? node.getInputNode(slot) : null;
-  if (!upstream) return null;
-  const file = upstream.widgets?.find((w) => w.name === "image")?.value;
-  if (typeof file === "string" && file) {
-    const cut = file.lastIndexOf("/");
-    const params = new URLSearchParams({
-      filename: file.slice(cut + 1), subfolder: cut >= 0 ? file.slice(0, cut) : "", type: "input",
-    });
-    return api.apiURL(`/view?${params}`);
-  }
-  return upstream.imgs?.[0]?.src ?? null;
+  if (!upstream || depth > 3) return null;
+  const widgetValue = (widgetName) => upstream.widgets?.find((w) => w.name === widgetName)?.value;
+  const image = widgetValue("image");
+  if (typeof image === "string" && image) return { url: inputFileUrl(image), video: false };
+  const video = upstream.comfyClass === "LoadVideo" ? widgetValue("file") : null;
+  if (typeof video === "string" && video) return { url: inputFileUrl(video), video: true };
+  if (upstream.imgs?.[0]?.src) return { url: upstream.imgs[0].src, video: false };
+  return upstream.inputs?.some((input) => input.name === "video") ? pictureSource(upstream, "video", depth + 1) : null;
+}
+
+// A video's first frame as an image URL (a PNG blob), so the editor draws it like any picture.
+function firstFrameUrl(url) {
+  return new Promise((resolve, reject) => {
+    const video = document.createElement("video");
+    video.muted = true;
+    video.preload = "auto";
+    video.onloadeddata = () => {
+      const canvas = document.createElement("canvas");
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      canvas.getContext("2d").drawImage(video, 0, 0);
+      canvas.toBlob((blob) => (blob ? resolve(URL.createObjectURL(blob)) : reject(new Error("no frame"))), "image/png");
+    };
+    video.onerror = () => reject(new Error(`cannot decode ${url}`));
+    video.src = url;
+  });
 }
 
 class PromptEditor {
-  constructor(node, promptWidget) {
+  constructor(node, promptWidget, pictureInput) {
     this.node = node;
     this.promptWidget = promptWidget;
+    this.pictureInput = pictureInput;
     this.image = new Image();
     this.imageUrl = null;
     this.drag = null;
@@ -91,11 +117,18 @@ class PromptEditor {
   }
 
   refresh() {
-    const url = sourceImageUrl(this.node);
+    const source = pictureSource(this.node, this.pictureInput);
+    const url = source?.url ?? null;
     if (url !== this.imageUrl) {
       this.imageUrl = url;
       delete this.element.dataset.imageLoaded;
-      if (url) this.image.src = url;
+      if (this.image.src.startsWith("blob:")) URL.revokeObjectURL(this.image.src);
+      this.image.removeAttribute("src");
+      if (source?.video) {
+        firstFrameUrl(url).then((frame) => { if (this.imageUrl === url) this.image.src = frame; }, () => {});
+      } else if (url) {
+        this.image.src = url;
+      }
       this.draw();
     }
     if (this.promptWidget.value !== this.shownValue) this.draw();
@@ -194,7 +227,7 @@ class PromptEditor {
     if (!this.hasImage()) {
       ctx.fillStyle = "#888";
       ctx.font = "12px sans-serif";
-      ctx.fillText("Connect a Load Image node to click on its image.", 8, 20);
+      ctx.fillText("Connect a Load Image (or Load Video) node to click on its picture.", 8, 20);
       this.status.textContent = counts;
       return;
     }
@@ -231,10 +264,10 @@ class PromptEditor {
 app.registerExtension({
   name: "pam.promptEditor",
   async nodeCreated(node) {
-    if (node.comfyClass !== NODE_TYPE) return;
+    const pictureInput = PICTURE_INPUTS[node.comfyClass];
     const promptWidget = node.widgets?.find((w) => w.name === "prompt");
-    if (!promptWidget) return;
-    const editor = new PromptEditor(node, promptWidget);
+    if (!pictureInput || !promptWidget) return;
+    const editor = new PromptEditor(node, promptWidget, pictureInput);
     const widget = node.addDOMWidget("prompt_editor", "pam_prompt_editor", editor.element, {
       serialize: false,
       getMinHeight: () => 260,
