@@ -156,6 +156,8 @@ def segment_detection(caption, texts: dict[str, str], fields: dict[str, str], pr
 
 
 def text_fields(collection) -> list[str]:
-    """The sample fields of `collection` that hold Detections (candidates for caption search)."""
+    """The sample fields of `collection` that hold Detections or (video captions) TemporalDetections: the
+    candidates for caption search."""
     schema = collection.get_field_schema(embedded_doc_type=fo.Detections)
+    schema.update(collection.get_field_schema(embedded_doc_type=fo.TemporalDetections))
     return sorted(schema)

@@ -12,7 +12,7 @@ from pam_core.video import CARRY_MODES, parse_segments
 
 from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
 from .labels import PROMPT_LABEL_TYPES, text_fields
-from .video import VIDEO_TASK
+from .video import VIDEO_TASK, captions_field
 
 AUTOMATIC = "__automatic__"
 # Views up to this many samples may run immediately in the App; larger ones are offered for delegation only.
@@ -25,7 +25,8 @@ class DescribeRegions(foo.Operator):
         return foo.OperatorConfig(
             name="describe_regions",
             label="PAM: describe regions",
-            description="Mask, category, definition and captions of image regions with the Perceive Anything Model",
+            description="Masks, categories, definitions and captions of image regions (or tracked video objects) "
+                        "with the Perceive Anything Model",
             icon="/assets/icon.svg",
             dynamic=True,
             execute_as_generator=True,
@@ -170,5 +171,7 @@ def _prompt_fields(dataset) -> list[str]:
 
 
 def _pam_fields(dataset) -> list[str]:
+    """The searchable fields PAM wrote: image runs' Detections, video runs' segment captions."""
     runs = dataset.info.get(RUNS_INFO_KEY, {})
-    return [name for name in text_fields(dataset) if name in runs]
+    searchable = {captions_field(name) if dataset.media_type == "video" else name for name in runs}
+    return [name for name in text_fields(dataset) if name in searchable]

@@ -8,8 +8,9 @@ import pytest
 import fiftyone as fo
 import fiftyone.operators as foo
 
-from fiftyone_plugin import apply_pam
+from fiftyone_plugin import apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
+from fiftyone_plugin.panel import region_texts_markdown
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, TaskError, VideoError
 from pam_core.video import VideoPrompt
@@ -193,3 +194,32 @@ def test_describe_operator_on_a_video_dataset(clip):
     sample = dataset.first()
     assert [(d.support, d.label) for d in sample.pam_captions.detections] == [([2, 4], "square")]
     assert [number for number, frame in sample.frames.items() if frame.pam is not None] == [2, 3, 4]
+
+
+def test_search_and_panel_read_video_captions():
+    """Segment captions stored the way apply_pam stores them are found by the search operator and listed by
+    the panel."""
+    dataset = fo.Dataset("pam-video-search", overwrite=True)
+    sample = fo.Sample(filepath="/nonexistent/clip.mp4")
+    sample.frames[1] = fo.Frame(pam=fo.Detections(detections=[fo.Detection(label="dog", bounding_box=[0, 0, 1, 1],
+                                                                            index=0)]))
+    sample["pam_captions"] = fo.TemporalDetections(detections=[
+        fo.TemporalDetection(label="dog", support=[1, 8], index=0, caption="A brown dog runs to the red ball."),
+        fo.TemporalDetection(label="dog", support=[9, 16], index=0, caption="The dog lies down on the grass."),
+        fo.TemporalDetection(label="ball", support=[1, 16], index=1, caption="A red ball rolls away.")])
+    dataset.add_sample(sample)
+    dataset.info["pam_runs"] = {"pam": {"prompt_field": "gt", "tasks": ["caption"], "lang": "en", "model": "test"}}
+    dataset.save()
+    operator = foo.get_operator(f"{PLUGIN}/search_captions")
+    from fiftyone.operators.executor import ExecutionContext
+
+    form = operator.resolve_input(ExecutionContext(request_params=dict(dataset_name=dataset.name, params={})))
+    assert form.to_json()["type"]["properties"]["label_field"]["type"]["values"] == ["pam_captions"]
+    result = foo.execute_operator(f"{PLUGIN}/search_captions", ctx=dict(
+        dataset=dataset, params=dict(label_field="pam_captions", query="red", match="all")))
+    assert result.error is None, result.error
+    assert result.result["regions"] == 2
+    found = caption_search_view(dataset, "pam_captions", "red")
+    assert [d.support for d in found.first().pam_captions.detections] == [[1, 8], [1, 16]]
+    text = region_texts_markdown(dataset.first(), ["pam_captions"])
+    assert "**pam_captions #2: dog**\n\n*track 0, frames 9-16*" in text and "lies down on the grass" in text
