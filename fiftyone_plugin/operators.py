@@ -94,8 +94,9 @@ class DescribeRegions(foo.Operator):
         params = ctx.params
         prompt_field = params.get("prompt_field", AUTOMATIC)
         options = dict(
-            label_field=params.get("label_field", "pam"), prompt_field=None if prompt_field == AUTOMATIC else prompt_field,
-            lang=params.get("lang", "en"), model=params.get("model") or DEFAULT_MODEL,
+            label_field=params.get("label_field", "pam"),
+            prompt_field=None if prompt_field == AUTOMATIC else prompt_field, lang=params.get("lang", "en"),
+            model=params.get("model") or DEFAULT_MODEL,
             sam2=params.get("sam2") or DEFAULT_SAM2, overwrite=bool(params.get("overwrite", False)),
             max_new_tokens=int(params.get("max_new_tokens", 512)),
             local_files_only=True)  # the App never downloads weights; see the README for fetching them
