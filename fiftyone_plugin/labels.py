@@ -12,10 +12,13 @@ from PIL import Image
 from pam_core import Region
 from pam_core.errors import PromptError, TaskError
 from pam_core.engine import resolve_tasks
+from pam_core.video import VideoPrompt
 
 # Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction
 # (keyed by the instruction itself in RegionResult.texts) goes to `answer`, the instruction to `instruction`.
-TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption"}
+# A video segment's caption ("video_caption", the `caption` task of describe_video) goes to `caption` too.
+TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption",
+                   "video_caption": "caption"}
 TEXT_ATTRIBUTES = ("label", "definition", "function", "caption", "brief_caption", "answer")
 PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
 
@@ -36,7 +39,7 @@ def regions_from_label(label, width: int, height: int) -> tuple[list[Region], li
     if not isinstance(label, PROMPT_LABEL_TYPES):
         raise PromptError(f"prompt field holds {type(label).__name__}; use a Detections, Keypoints or Polylines field")
     regions, names = [], []
-    for item in _label_items(label):
+    for item in label_items(label):
         region = _region(item, width, height)
         if region is not None:
             regions.append(region)
@@ -44,7 +47,7 @@ def regions_from_label(label, width: int, height: int) -> tuple[list[Region], li
     return regions, names
 
 
-def _label_items(label) -> list:
+def label_items(label) -> list:
     if isinstance(label, fo.Detections):
         return label.detections
     if isinstance(label, fo.Keypoints):
@@ -68,6 +71,20 @@ def _region(item, width: int, height: int) -> Optional[Region]:
     return Region.from_points(pixels) if pixels else None
 
 
+def text_attributes(texts: dict[str, str], fields: dict[str, str]) -> dict:
+    """Each task's text under its attribute name (see TASK_ATTRIBUTES), parsed fields winning over raw texts."""
+    attributes = {}
+    for task, text in texts.items():
+        if task in TASK_ATTRIBUTES:
+            attributes[TASK_ATTRIBUTES[task]] = text
+        else:
+            attributes["answer"], attributes["instruction"] = text, task
+    for name, value in fields.items():
+        if value:  # parsed fields (label, definition, function) win over the raw text of their task
+            attributes[name] = value
+    return attributes
+
+
 def detection_from_result(result, model_name: str, prompt_label: Optional[str] = None,
                           mask_file: Optional[Path] = None) -> Optional[fo.Detection]:
     """One pam_core RegionResult as a Detection: `label` = category, each task's text as a string attribute,
@@ -76,18 +93,16 @@ def detection_from_result(result, model_name: str, prompt_label: Optional[str] =
     if not result.mask.any():
         return None
     attributes = {"pam_model": model_name, "lang": result.lang, "object_score": float(result.object_score)}
-    for task, text in result.texts.items():
-        if task in TASK_ATTRIBUTES:
-            attributes[TASK_ATTRIBUTES[task]] = text
-        else:
-            attributes["answer"], attributes["instruction"] = text, task
-    for name, value in result.fields.items():
-        if value:  # parsed fields (label, definition, function) win over the raw text of their task
-            attributes[name] = value
+    attributes.update(text_attributes(result.texts, result.fields))
     if prompt_label is not None:
         attributes["prompt_label"] = prompt_label
     label = attributes.pop("label", None)
     detection = fo.Detection.from_mask(result.mask, label=label, confidence=float(result.mask_score), **attributes)
+    return _mask_to_file(detection, mask_file)
+
+
+def _mask_to_file(detection: fo.Detection, mask_file: Optional[Path]) -> fo.Detection:
+    """Moves the detection's inline mask to a PNG at `mask_file` (`mask_path`), when one is given."""
     if mask_file is not None:
         mask_file.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(detection.mask.astype(np.uint8) * 255).save(mask_file)
@@ -96,7 +111,53 @@ def detection_from_result(result, model_name: str, prompt_label: Optional[str] =
     return detection
 
 
+# ------------------------------------------------------------------------------------------------- video
+# FiftyOne numbers video frames from 1, pam_core from 0: these helpers are the only place that converts.
+
+def video_prompts_from_labels(labels_by_frame: dict, width: int, height: int
+                              ) -> tuple[list[VideoPrompt], list[Optional[str]]]:
+    """pam_core video prompts from {FiftyOne frame number (1-based): Detections/Keypoints/Polylines label},
+    one object per detection, keypoint set or polyline, in frame order, plus each prompt's own label."""
+    prompts, names = [], []
+    for frame_number in sorted(labels_by_frame):
+        if not isinstance(frame_number, (int, np.integer)) or frame_number < 1:
+            raise PromptError(f"prompt frame {frame_number!r}: FiftyOne frame numbers are integers from 1")
+        regions, labels = regions_from_label(labels_by_frame[frame_number], width, height)
+        prompts += [VideoPrompt(region, frame=int(frame_number) - 1) for region in regions]
+        names += labels
+    return prompts, names
+
+
+def frame_detection(tracked, label: str, model_name: str, instance: fo.Instance,
+                    mask_file: Optional[Path] = None) -> Optional[fo.Detection]:
+    """One pam_core ObjectFrame as a Detection: `index` = track id, the xyxy pixel box as a relative box, the
+    mask cropped to it, `confidence` = SAM 2's mask score. None where the object is absent (empty mask)."""
+    if tracked.box is None:
+        return None
+    mask = tracked.mask
+    height, width = mask.shape
+    x0, y0, x1, y1 = (int(round(v)) for v in tracked.box)
+    detection = fo.Detection(label=label, bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+                             mask=mask[y0:y1, x0:x1], confidence=float(tracked.mask_score), index=tracked.object,
+                             instance=instance, object_score=float(tracked.object_score), pam_model=model_name)
+    return _mask_to_file(detection, mask_file)
+
+
+def segment_detection(caption, texts: dict[str, str], fields: dict[str, str], prompt_label: Optional[str],
+                      model_name: str) -> fo.TemporalDetection:
+    """One pam_core SegmentCaption as a TemporalDetection over its 1-based frames, `index` = track id.
+    `label`: PAM's category when the task gives one, else the prompt's label, else "object"."""
+    attributes = {"pam_model": model_name, "lang": caption.lang, **text_attributes(texts, fields)}
+    if prompt_label is not None:
+        attributes["prompt_label"] = prompt_label
+    label = attributes.pop("label", None) or prompt_label or "object"
+    return fo.TemporalDetection(label=label, support=[caption.start_frame + 1, caption.end_frame + 1],
+                                index=caption.object, **attributes)
+
+
 def text_fields(collection) -> list[str]:
-    """The sample fields of `collection` that hold Detections (candidates for caption search)."""
+    """The sample fields of `collection` that hold Detections or (video captions) TemporalDetections: the
+    candidates for caption search."""
     schema = collection.get_field_schema(embedded_doc_type=fo.Detections)
+    schema.update(collection.get_field_schema(embedded_doc_type=fo.TemporalDetections))
     return sorted(schema)

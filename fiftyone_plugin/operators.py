@@ -8,9 +8,11 @@ import fiftyone.operators.types as types
 
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
 from pam_core.tasks import LANGUAGES, TASK_NAMES
+from pam_core.video import CARRY_MODES, parse_segments
 
 from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
 from .labels import PROMPT_LABEL_TYPES, text_fields
+from .video import VIDEO_TASK, captions_field
 
 AUTOMATIC = "__automatic__"
 # Views up to this many samples may run immediately in the App; larger ones are offered for delegation only.
@@ -23,7 +25,8 @@ class DescribeRegions(foo.Operator):
         return foo.OperatorConfig(
             name="describe_regions",
             label="PAM: describe regions",
-            description="Mask, category, definition and captions of image regions with the Perceive Anything Model",
+            description="Masks, categories, definitions and captions of image regions (or tracked video objects) "
+                        "with the Perceive Anything Model",
             icon="/assets/icon.svg",
             dynamic=True,
             execute_as_generator=True,
@@ -39,42 +42,75 @@ class DescribeRegions(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.view_target(ctx)
+        video = ctx.dataset.media_type == "video"
         prompt_choices = types.Dropdown(label="Regions from")
-        prompt_choices.add_choice(AUTOMATIC, label="Describe everything (automatic regions)")
+        if not video:  # pam_core finds regions automatically in images only
+            prompt_choices.add_choice(AUTOMATIC, label="Describe everything (automatic regions)")
         for name in _prompt_fields(ctx.dataset):
             prompt_choices.add_choice(name, label=name)
-        inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
-                    description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
-        task_choices = types.Dropdown(multiple=True, label="Tasks")
-        for name in TASK_NAMES:
+        if video:
+            if not prompt_choices.values():
+                inputs.view("none", types.Warning(label="No frame-level Detections, Keypoints or Polylines field "
+                                                        "to take the objects to track from"))
+                return types.Property(inputs)
+            inputs.enum("prompt_field", prompt_choices.values(), default=prompt_choices.values()[0],
+                        view=prompt_choices, required=True,
+                        description="A frame-level field: each object on the prompt frame is tracked")
+            inputs.int("prompt_frame", label="Prompt frame (optional)",
+                       description="Frame number (from 1) whose objects are tracked; default the first that has any")
+        else:
+            inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
+                        description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
+        task_choices = types.Dropdown(multiple=not video, label="Task" if video else "Tasks")
+        for name in ((VIDEO_TASK,) if video else ()) + TASK_NAMES:
             task_choices.add_choice(name, label=name)
-        inputs.list("tasks", types.String(), default=list(DEFAULT_TASKS), required=True, view=task_choices)
+        if video:
+            inputs.enum("task", task_choices.values(), default=VIDEO_TASK, view=task_choices,
+                        description="'caption' is PAM's video task; the others are its image tasks")
+        else:
+            inputs.list("tasks", types.String(), default=list(DEFAULT_TASKS), required=True, view=task_choices)
+        instead = "Ask this instead of the task" if video else "Also ask this"
         inputs.str("instruction", label="Free instruction (optional)",
-                   description="Also ask this, in your own words; the answer goes to the `answer` attribute")
+                   description=f"{instead}, in your own words; the answer goes to the `answer` attribute")
         inputs.enum("lang", list(LANGUAGES), default="en", label="Language", view=types.RadioGroup())
+        if video:
+            inputs.int("window", label="Frames per caption (optional)",
+                       description="One caption per this many frames; default one for the whole video")
+            inputs.str("segments", label="Segments (optional)",
+                       description="Instead of a window: first-last frame numbers, e.g. 1-32,33-64")
+            inputs.enum("carry", list(CARRY_MODES), default="box", label="Between segments", view=types.RadioGroup(),
+                        description="box: re-prompt with the last box (as PAM was trained); memory: keep tracking")
         inputs.str("label_field", default="pam", required=True, label="Output field")
         inputs.bool("overwrite", default=False, label="Overwrite",
                     description="Redo samples already done (otherwise they are skipped and an interrupted run resumes)")
         inputs.str("model", default=DEFAULT_MODEL, label="PAM checkpoint (Hub id or folder)")
         inputs.str("sam2", default=DEFAULT_SAM2, label="SAM 2.1 weights (Hub id or file)")
-        inputs.int("max_regions", default=DEFAULT_MAX_REGIONS, label="Max automatic regions per image")
+        if not video:
+            inputs.int("max_regions", default=DEFAULT_MAX_REGIONS, label="Max automatic regions per image")
         inputs.int("max_new_tokens", default=512, label="Max new tokens per text")
         return types.Property(inputs, view=types.View(label="PAM: describe regions"))
 
     def execute(self, ctx):
         params = ctx.params
-        tasks = list(params.get("tasks") or DEFAULT_TASKS)
-        if params.get("instruction"):
-            tasks.append(params["instruction"])
         prompt_field = params.get("prompt_field", AUTOMATIC)
-        steps = run_pam(
-            ctx.target_view(), label_field=params.get("label_field", "pam"),
-            prompt_field=None if prompt_field == AUTOMATIC else prompt_field, tasks=tasks,
-            lang=params.get("lang", "en"), model=params.get("model") or DEFAULT_MODEL,
+        options = dict(
+            label_field=params.get("label_field", "pam"),
+            prompt_field=None if prompt_field == AUTOMATIC else prompt_field, lang=params.get("lang", "en"),
+            model=params.get("model") or DEFAULT_MODEL,
             sam2=params.get("sam2") or DEFAULT_SAM2, overwrite=bool(params.get("overwrite", False)),
-            max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)),
             max_new_tokens=int(params.get("max_new_tokens", 512)),
             local_files_only=True)  # the App never downloads weights; see the README for fetching them
+        if ctx.dataset.media_type == "video":
+            options.update(tasks=params.get("instruction") or params.get("task") or VIDEO_TASK,
+                           prompt_frame=params.get("prompt_frame") or None, window=params.get("window") or None,
+                           segments=parse_segments(params["segments"]) if params.get("segments") else None,
+                           carry=params.get("carry") or "box")
+        else:
+            tasks = list(params.get("tasks") or DEFAULT_TASKS)
+            if params.get("instruction"):
+                tasks.append(params["instruction"])
+            options.update(tasks=tasks, max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)))
+        steps = run_pam(ctx.target_view(), **options)
         while True:
             try:
                 done, total = next(steps)
@@ -84,7 +120,8 @@ class DescribeRegions(foo.Operator):
             yield ctx.set_progress(progress=done / max(total, 1), label=f"PAM: {done}/{total} samples")
         if not ctx.delegated:
             yield ctx.ops.reload_dataset()
-        yield ctx.ops.notify(f"PAM: {summary['samples']} samples described ({summary['regions']} regions), "
+        regions = "objects" if ctx.dataset.media_type == "video" else "regions"
+        yield ctx.ops.notify(f"PAM: {summary['samples']} samples described ({summary['regions']} {regions}), "
                              f"{summary['skipped']} skipped, {summary['failed']} failed", variant="success")
 
 
@@ -126,12 +163,16 @@ class SearchCaptions(foo.Operator):
 
 
 def _prompt_fields(dataset) -> list[str]:
+    """Sample fields of images, frame fields of videos, holding labels that can prompt PAM."""
+    get_schema = dataset.get_frame_field_schema if dataset.media_type == "video" else dataset.get_field_schema
     schema = {}
     for label_type in PROMPT_LABEL_TYPES:
-        schema.update(dataset.get_field_schema(embedded_doc_type=label_type))
+        schema.update(get_schema(embedded_doc_type=label_type))
     return sorted(name for name in schema if name not in dataset.info.get(RUNS_INFO_KEY, {}))
 
 
 def _pam_fields(dataset) -> list[str]:
+    """The searchable fields PAM wrote: image runs' Detections, video runs' segment captions."""
     runs = dataset.info.get(RUNS_INFO_KEY, {})
-    return [name for name in text_fields(dataset) if name in runs]
+    searchable = {captions_field(name) if dataset.media_type == "video" else name for name in runs}
+    return [name for name in text_fields(dataset) if name in searchable]

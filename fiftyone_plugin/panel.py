@@ -1,17 +1,19 @@
 """A modal panel that shows the full PAM texts of the current sample's regions next to the image.
 
 Long captions do not fit the App's label tooltips; this lists every region (or only the selected ones)
-with its category, definition, function and captions.
+with its category, definition, function and captions; for videos, each tracked object's segment captions.
 """
 
 from __future__ import annotations
 
 import re
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from .core import RUNS_INFO_KEY
+from .video import captions_field
 
 SHOWN_ATTRIBUTES = (("definition", "Definition"), ("function", "Function"), ("brief_caption", "Brief caption"),
                     ("caption", "Caption"), ("answer", "Answer"))
@@ -33,6 +35,9 @@ def region_texts_markdown(sample, label_fields, selected_ids=frozenset()) -> str
         shown = [d for d in detections if not selected_ids or d.id in selected_ids]
         for number, detection in enumerate(shown, start=1):
             lines = [f"**{field} #{number}: {_literal(detection.label) if detection.label else '(no category)'}**"]
+            if isinstance(detection, fo.TemporalDetection):  # a video object's caption over a segment
+                first, last = detection.support
+                lines.append(f"*track {detection.index}, frames {first}-{last}*")
             if detection.confidence is not None:
                 lines.append(f"*mask score {detection.confidence:.2f}*")
             for attribute, title in SHOWN_ATTRIBUTES:
@@ -66,6 +71,8 @@ class RegionTexts(foo.Panel):
             return
         fields = list(ctx.dataset.info.get(RUNS_INFO_KEY, {}))
         selected = frozenset(label["label_id"] for label in (ctx.selected_labels or []))
+        if ctx.dataset.media_type == "video":  # a video run's texts are its segment captions, all of them
+            fields, selected = [captions_field(field) for field in fields], frozenset()
         ctx.panel.state.texts = region_texts_markdown(ctx.dataset[ctx.current_sample], fields, selected)
 
     def render(self, ctx):

@@ -1,0 +1,225 @@
+"""The FiftyOne plugin on video datasets against a real mongod: objects from frame-level prompts tracked into
+frame Detections (`index` = track id) and captioned per segment into TemporalDetections, compared with
+pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens)."""
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+import fiftyone.operators as foo
+
+from fiftyone_plugin import apply_pam, caption_search_view
+from fiftyone_plugin.labels import video_prompts_from_labels
+from fiftyone_plugin.panel import region_texts_markdown
+from pam_core import GenerationSettings, Region
+from pam_core.errors import PromptError, TaskError, VideoError
+from pam_core.video import VideoPrompt
+
+from .test_fiftyone_plugin import CHECKPOINT, FIXTURE, PLUGIN, SAM2
+
+pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
+FAST = GenerationSettings(max_new_tokens=4)
+FRAMES = 4
+# Pixel boxes of the 320x240 clip whose relative coordinates are exact binary fractions, so the prompt that
+# comes back from FiftyOne's relative box is the very same pixel box.
+SQUARE = (40, 60, 120, 135)
+RIGHT = (200, 60, 280, 180)
+
+
+def relative(box, width=320, height=240):
+    x0, y0, x1, y1 = box
+    return [x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height]
+
+
+def prompt(box, label=None):
+    return fo.Detections(detections=[fo.Detection(label=label, bounding_box=relative(box))])
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 4-frame 320x240 mp4 of the fixture's video frames, written with PyAV."""
+    from test_video import FRAMES as FIXTURE_FRAMES, _write_mp4
+
+    return _write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4", FIXTURE_FRAMES[:FRAMES])
+
+
+def video_dataset(name, samples):
+    """A video dataset; `samples`: (filepath, {frame number: gt label}) pairs."""
+    dataset = fo.Dataset(name, overwrite=True)
+    for filepath, frames in samples:
+        sample = fo.Sample(filepath=str(filepath))
+        for number, label in frames.items():
+            sample.frames[number] = fo.Frame(gt=label)
+        dataset.add_sample(sample)
+    return dataset
+
+
+def assert_matches_pam_core(sample, expected, objects):
+    """Frame labels and captions of `sample` are pam_core's `expected` VideoResult, frame numbers shifted by 1.
+    `objects`: {object of `expected`: (its track id on the sample, its label)}."""
+    tracked = {(f.frame + 1, objects[f.object][0]): f for f in expected.frames if f.object in objects}
+    assert sorted({number for number, _ in tracked}) == list(range(1, FRAMES + 1))  # every frame is tracked
+    labels = dict(objects.values())
+    instances = {}
+    for number, frame in sample.frames.items():
+        for detection in frame.pam.detections:
+            want = tracked.pop((number, detection.index))
+            x0, y0, x1, y1 = (int(v) for v in want.box)
+            assert detection.label == labels[detection.index]
+            assert detection.bounding_box == pytest.approx(relative((x0, y0, x1, y1)))
+            assert np.array_equal(detection.mask, want.mask[y0:y1, x0:x1]), (number, detection.index)
+            assert detection.confidence == pytest.approx(want.mask_score)
+            assert detection.object_score == pytest.approx(want.object_score)
+            instances.setdefault(detection.index, set()).add(detection.instance.id)
+    assert not tracked, f"tracked but not written: {sorted(tracked)}"
+    assert all(len(ids) == 1 for ids in instances.values())  # one instance per track, across its frames
+    written = [(d.index, d.support, d.caption, d.lang, d.label) for d in sample.pam_captions.detections]
+    assert written == [(objects[c.object][0], [c.start_frame + 1, c.end_frame + 1], c.text, "en",
+                        objects[c.object][1]) for c in expected.captions if c.object in objects]
+
+
+def test_apply_pam_on_videos_writes_tracks_and_segment_captions(pam, clip, tmp_path, monkeypatch):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    dataset = video_dataset("pam-video", [
+        (clip, {1: prompt(SQUARE, "square")}),  # an object on the first frame
+        (clip, {2: fo.Detections(), 3: prompt(SQUARE)}),  # the first frame with objects is frame 3 (pam_core's 2)
+        (junk, {1: prompt(SQUARE, "square")}),  # an unreadable video
+    ])
+    writes = {}
+    collection_type = type(dataset._sample_collection)  # pymongo's Collection: also the frames' collection
+    original = collection_type.bulk_write
+
+    def counting_bulk_write(self, requests, *args, **kwargs):
+        writes[self.name] = writes.get(self.name, 0) + 1
+        return original(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(collection_type, "bulk_write", counting_bulk_write)
+    summary = apply_pam(dataset, prompt_field="frames.gt", model=pam, max_new_tokens=4)
+    monkeypatch.undo()
+    assert {k: v for k, v in summary.items() if k != "errors"} == \
+        {"label_field": "pam", "samples": 2, "skipped": 0, "failed": 1, "regions": 2}
+    # 3 samples and all their frames in one batch: one write for the samples, one for the frames
+    assert writes == {dataset._sample_collection.name: 1, dataset._frame_collection.name: 1}, writes
+
+    first, later, broken = dataset.iter_samples()
+    # pam_core tracks and captions every object on its own: one call gives both samples' expected labels
+    square = Region.from_box(SQUARE)
+    expected = pam.describe_video(str(clip), [VideoPrompt(square, frame=0), VideoPrompt(square, frame=2)],
+                                  generation=FAST)
+    assert [(c.object, c.start_frame, c.end_frame) for c in expected.captions] == [(0, 0, 3), (1, 2, 3)]
+    assert_matches_pam_core(first, expected, {0: (0, "square")})
+    assert_matches_pam_core(later, expected, {1: (0, "object")})  # tracked back to frame 1, captioned from 3
+    assert later.pam_captions.detections[0].support == [3, 4]
+    assert first.pam_captions.detections[0].prompt_label == "square"
+    assert later.pam_captions.detections[0].get_attribute_value("prompt_label", None) is None
+    assert first.pam_error is None and later.pam_error is None
+
+    assert "cannot read video" in broken.pam_error and broken.pam_captions is None
+    assert all(frame.pam is None for frame in broken.frames.values())
+    schema = dataset.get_field_schema(flat=True)
+    frame_schema = dataset.get_frame_field_schema(flat=True)
+    for attribute in ("caption", "pam_model", "lang", "prompt_label", "index"):
+        assert f"pam_captions.detections.{attribute}" in schema, attribute
+    for attribute in ("object_score", "pam_model", "index"):
+        assert f"pam.detections.{attribute}" in frame_schema, attribute
+    assert len(dataset.to_clips("pam_captions")) == 2
+
+    # a re-run skips the finished videos and retries the broken one
+    summary = apply_pam(dataset, prompt_field="gt", model=pam, max_new_tokens=4)
+    assert (summary["skipped"], summary["samples"], summary["failed"]) == (2, 0, 1)
+
+
+def test_explicit_prompts_on_two_frames_and_windows(pam, clip):
+    dataset = video_dataset("pam-video-explicit", [(clip, {1: prompt(RIGHT, "right"), 3: prompt(SQUARE, "square")})])
+    points = fo.Keypoints(keypoints=[fo.Keypoint(label="dot", points=[(0.5, 0.5)])])
+    summary = apply_pam(dataset, prompts={1: points, 3: prompt(SQUARE, "square")}, window=2, model=pam,
+                        max_new_tokens=4)
+    assert summary["regions"] == 2
+    sample = dataset.first()
+    assert [(d.index, d.support, d.label) for d in sample.pam_captions.detections] == \
+        [(0, [1, 2], "dot"), (0, [3, 4], "dot"), (1, [3, 4], "square")]
+    # the square's segment starts at its prompt frame (window 2): nothing to track back to
+    assert [sorted(d.index for d in frame.pam.detections) for frame in sample.frames.values()] == \
+        [[0], [0], [0, 1], [0, 1]]
+
+    # prompt_frame picks the field's objects on that frame; overwriting clears frames the new run does not track
+    apply_pam(dataset, prompt_field="gt", prompt_frame=3, segments=[(3, 4)], model=pam, max_new_tokens=4,
+              overwrite=True)
+    sample = dataset.first()
+    assert [(d.index, d.support, d.label) for d in sample.pam_captions.detections] == [(0, [3, 4], "square")]
+    assert [number for number, frame in sample.frames.items() if frame.pam is not None] == [3, 4]
+
+
+def test_frame_numbers_are_converted_once():
+    labels = {3: prompt(SQUARE, "square"), 1: fo.Keypoints(keypoints=[fo.Keypoint(points=[(0.5, 0.5)])])}
+    prompts, names = video_prompts_from_labels(labels, 320, 240)
+    assert [(p.frame, p.region.kind, name) for p, name in zip(prompts, names)] == [(0, "points", None),
+                                                                                   (2, "box", "square")]
+    assert list(prompts[1].region.box) == pytest.approx(SQUARE)
+    with pytest.raises(PromptError, match="from 1"):
+        video_prompts_from_labels({0: prompt(SQUARE)}, 320, 240)
+
+
+def test_bad_video_runs_fail_before_any_work(pam, clip):
+    dataset = video_dataset("pam-video-bad", [(clip, {1: prompt(SQUARE)})])
+    with pytest.raises(PromptError, match="one of the two"):
+        apply_pam(dataset, model=pam)  # videos have no automatic regions
+    with pytest.raises(TaskError, match="one task"):
+        apply_pam(dataset, prompt_field="gt", tasks=("category", "brief"), model=pam)
+    with pytest.raises(VideoError, match="start at 1"):
+        apply_pam(dataset, prompt_field="gt", segments=[(0, 2)], model=pam)
+    with pytest.raises(ValueError, match="does not exist"):
+        apply_pam(dataset, prompt_field="nothing", model=pam)
+    assert "pam" not in dataset.get_frame_field_schema() and "pam_captions" not in dataset.get_field_schema()
+    images = fo.Dataset("pam-video-options-on-images", overwrite=True)
+    images.add_sample(fo.Sample(filepath="/nonexistent/image.png"))
+    with pytest.raises(ValueError, match="window: only for video datasets"):
+        apply_pam(images, window=4, model=pam)
+
+
+def test_describe_operator_on_a_video_dataset(clip):
+    from fiftyone.operators.executor import ExecutionContext
+
+    dataset = video_dataset("pam-video-operator", [(clip, {2: prompt(SQUARE, "square")})])
+    operator = foo.get_operator(f"{PLUGIN}/describe_regions")
+    ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params={}))
+    form = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert form["prompt_field"]["type"]["values"] == ["gt"]  # frame fields; no automatic regions for videos
+    assert {"task", "prompt_frame", "window", "segments", "carry"} <= set(form) and "tasks" not in form
+    params = dict(prompt_field="gt", task="caption", lang="en", label_field="pam", model=str(CHECKPOINT),
+                  sam2=str(SAM2), max_new_tokens=4, segments="2-4", view_target="DATASET")
+    result = foo.execute_operator(f"{PLUGIN}/describe_regions", ctx=dict(dataset=dataset, params=params))
+    assert result.error is None, result.error
+    sample = dataset.first()
+    assert [(d.support, d.label) for d in sample.pam_captions.detections] == [([2, 4], "square")]
+    assert [number for number, frame in sample.frames.items() if frame.pam is not None] == [2, 3, 4]
+
+
+def test_search_and_panel_read_video_captions():
+    """Segment captions stored the way apply_pam stores them are found by the search operator and listed by
+    the panel."""
+    dataset = fo.Dataset("pam-video-search", overwrite=True)
+    sample = fo.Sample(filepath="/nonexistent/clip.mp4")
+    sample.frames[1] = fo.Frame(pam=fo.Detections(detections=[fo.Detection(label="dog", bounding_box=[0, 0, 1, 1],
+                                                                            index=0)]))
+    sample["pam_captions"] = fo.TemporalDetections(detections=[
+        fo.TemporalDetection(label="dog", support=[1, 8], index=0, caption="A brown dog runs to the red ball."),
+        fo.TemporalDetection(label="dog", support=[9, 16], index=0, caption="The dog lies down on the grass."),
+        fo.TemporalDetection(label="ball", support=[1, 16], index=1, caption="A red ball rolls away.")])
+    dataset.add_sample(sample)
+    dataset.info["pam_runs"] = {"pam": {"prompt_field": "gt", "tasks": ["caption"], "lang": "en", "model": "test"}}
+    dataset.save()
+    operator = foo.get_operator(f"{PLUGIN}/search_captions")
+    from fiftyone.operators.executor import ExecutionContext
+
+    form = operator.resolve_input(ExecutionContext(request_params=dict(dataset_name=dataset.name, params={})))
+    assert form.to_json()["type"]["properties"]["label_field"]["type"]["values"] == ["pam_captions"]
+    result = foo.execute_operator(f"{PLUGIN}/search_captions", ctx=dict(
+        dataset=dataset, params=dict(label_field="pam_captions", query="red", match="all")))
+    assert result.error is None, result.error
+    assert result.result["regions"] == 2
+    found = caption_search_view(dataset, "pam_captions", "red")
+    assert [d.support for d in found.first().pam_captions.detections] == [[1, 8], [1, 16]]
+    text = region_texts_markdown(dataset.first(), ["pam_captions"])
+    assert "**pam_captions #2: dog**\n\n*track 0, frames 9-16*" in text and "lies down on the grass" in text
