@@ -551,10 +551,8 @@ def _objects(prompts, frame: int, info: VideoInfo, plan: list[Segment], carry: s
                               "carry='box' tracking only runs inside segments")
         region = as_region(prompt.region).validated(info.width, info.height)
         at = int(prompt.frame)
-        first, last = next(((s.start, s.end) for s in plan if at in s), (0, info.num_frames - 1))
-        if carry == "memory":
-            first, last = 0, info.num_frames - 1
-        objects.append(_Object(index, region, at, first, last))
+        tracked = next(s for s in plan if at in s) if carry == "box" else Segment(0, info.num_frames - 1)
+        objects.append(_Object(index, region, at, tracked.start, tracked.end))
     return objects
 
 
