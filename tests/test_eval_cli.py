@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, needs_fixture
+from conftest import FIXTURE, interruptible, needs_fixture
 from pam_core import GenerationSettings, Region
 from pam_core.evaluation import CONVERTERS, EvalError, load_annotations
 
@@ -158,8 +158,8 @@ def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, da
     _, full = recognition_run
     out = tmp_path / "stopped"
     args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 1, *MODEL_ARGS]
-    proc = subprocess.Popen([sys.executable, "-m", "pam_core.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = interruptible([sys.executable, "-m", "pam_core.cli", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     predictions = out / "predictions.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, needs_fixture
+from conftest import FIXTURE, interruptible, needs_fixture
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, TaskError, VideoError
 from pam_core.video import (VideoPrompt, llm_frame_indices, mask_to_rle, open_video, parse_segments, plan_segments,
@@ -300,9 +300,9 @@ def test_cli_interrupted_leaves_valid_output(tmp_path):
     folder = _frame_folder(tmp_path, 12)
     out = tmp_path / "out"
     model = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt")]
-    proc = subprocess.Popen([sys.executable, "-m", "pam_core.cli", "describe-video", str(folder), "--box",
-                             ",".join(map(str, BOX)), "--window", "2", "--out", str(out), "--device", "cpu",
-                             "--max-new-tokens", "4", *model], stderr=subprocess.PIPE, text=True)
+    proc = interruptible([sys.executable, "-m", "pam_core.cli", "describe-video", str(folder), "--box",
+                          ",".join(map(str, BOX)), "--window", "2", "--out", str(out), "--device", "cpu",
+                          "--max-new-tokens", "4", *model], stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:
             if line.startswith("[3/12]"):
