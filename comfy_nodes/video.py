@@ -8,7 +8,8 @@ from comfy_api.latest import io, ui
 import comfy.model_management as mm
 import comfy.utils
 from pam_core import TASK_NAMES, GenerationSettings, PromptError
-from pam_core.video import CARRY_MODES, SegmentCaption, parse_segments, segment_task
+from pam_core.tasks import resolve_video_task
+from pam_core.video import CARRY_MODES, SegmentCaption, parse_segments
 
 from .describe import (IMAGE_TASKS_HELP, PamRegions, chosen_task, connected_prompt_inputs, editor_input,
                        prompt_regions, text_inputs)
@@ -97,7 +98,7 @@ class PAMVideo(io.ComfyNode):
             result = pam.describe_video(frames, regions, frame=frame, task=task, lang=lang, segments=ranges,
                                         window=window or None, carry=carry, fps=fps or None, progress=progress,
                                         generation=GenerationSettings(max_new_tokens=max_new_tokens))
-        task_name = segment_task(task, lang)(None).name  # the name the captions carry (video_caption, free, ...)
+        task_name = resolve_video_task(task, lang).name  # the name the captions carry (video_caption, free, ...)
         found = PAMRegions.from_video(result, [r.kind for r in regions], task_name, lang)
         captions = "\n".join(caption_line(c) for c in result.captions)
         return io.NodeOutput(found.union_masks(), captions, found, ui=ui.PreviewText(captions))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pam_core import Region
 from pam_core.errors import PromptError, TaskError
-from pam_core.engine import resolve_tasks
+from pam_core.tasks import resolve_tasks
 from pam_core.video import VideoPrompt
 
 # Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction

@@ -13,7 +13,8 @@ import fiftyone as fo
 from pam_core import PAM, GenerationSettings
 from pam_core.errors import PromptError, VideoError
 from pam_core.tasks import parse_output, resolve_task
-from pam_core.video import CARRY_MODES, open_video, segment_task
+from pam_core.video import CARRY_MODES, open_video
+from pam_core.tasks import resolve_video_task
 
 from .labels import frame_detection, label_items, segment_detection, video_prompts_from_labels
 
@@ -28,7 +29,7 @@ def captions_field(label_field: str) -> str:
 def check_video_settings(task: str, lang: str, carry: str, window: Optional[int],
                          segments: Optional[Sequence[tuple[int, int]]], prompt_frame: Optional[int]) -> None:
     """Fail before any work on settings no video could run with."""
-    segment_task(task, lang)
+    resolve_video_task(task, lang)
     if carry not in CARRY_MODES:
         raise VideoError(f"carry must be one of {', '.join(CARRY_MODES)}, got {carry!r}")
     if segments is not None and window is not None:

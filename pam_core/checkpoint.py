@@ -9,19 +9,18 @@ from typing import Optional
 
 import torch
 from safetensors import safe_open
+from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
 
 from .config import PAMConfig
 from .errors import CheckpointError, WeightsNotFoundError
 
-DEFAULT_MODEL = "Perceive-Anything/PAM-1.5B"
+# The one table of Hub ids. PAM: the released checkpoints (the first is the default). SAM 2.1: sam2's own
+# table of Hub repos, as (weights file, config name) for the SAM 2.1 repos PAM can run on.
+PAM_MODELS = ("Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B")
+DEFAULT_MODEL = PAM_MODELS[0]
+SAM2_HUB_FILES = {repo: (weights, Path(config).name) for repo, (config, weights) in HF_MODEL_ID_TO_FILENAMES.items()
+                  if repo.startswith("facebook/sam2.1-")}
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
-# Hub repos -> the weights file and the sam2 package config they pair with.
-SAM2_HUB_FILES = {
-    "facebook/sam2.1-hiera-large": ("sam2.1_hiera_large.pt", "sam2.1_hiera_l.yaml"),
-    "facebook/sam2.1-hiera-base-plus": ("sam2.1_hiera_base_plus.pt", "sam2.1_hiera_b+.yaml"),
-    "facebook/sam2.1-hiera-small": ("sam2.1_hiera_small.pt", "sam2.1_hiera_s.yaml"),
-    "facebook/sam2.1-hiera-tiny": ("sam2.1_hiera_tiny.pt", "sam2.1_hiera_t.yaml"),
-}
 PAM_REQUIRED_FILES = ("config.json", "tokenizer.json")
 PAM_KEY_PREFIXES = ("model.vision_resampler.", "model.mm_projector_img.", "model.mm_projector_semT.",
                     "model.image_newline", "model.semT_newline", "model.frame_newline")

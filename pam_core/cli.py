@@ -112,15 +112,23 @@ def _regions(args) -> list:
 def load_pam(args, **options):
     """PAM from the --model, --sam2, --sam2-config, --device, --dtype and --local-files-only options;
     `options` go to `PAM.from_pretrained` (max_batch, cache_size)."""
-    from .engine import PAM
+    from .loading import ModelSource, load_pam as load
 
     start = time.time()
-    _log(f"loading PAM ({args.model or 'Perceive-Anything/PAM-1.5B'}) ...")
-    kwargs = dict(sam2=args.sam2, sam2_config=args.sam2_config, device=args.device, dtype=args.dtype,
-                  local_files_only=True if args.local_files_only else None, **options)
-    pam = PAM.from_pretrained(args.model, **kwargs) if args.model else PAM.from_pretrained(**kwargs)
+    source = model_source(args)
+    _log(f"loading PAM ({source.model}) ...")
+    pam = load(source, **options)
     _log(f"loaded in {time.time() - start:.1f} s on {pam.model.device}")
     return pam
+
+
+def model_source(args):
+    """The ModelSource the --model, --sam2, --sam2-config, --device, --dtype and --local-files-only options name."""
+    from .loading import ModelSource
+
+    given = {"model": args.model, "sam2": args.sam2}
+    return ModelSource(**{k: v for k, v in given.items() if v is not None}, sam2_config=args.sam2_config,
+                       device=args.device, dtype=args.dtype, local_files_only=True if args.local_files_only else None)
 
 
 def generation_settings(args):
@@ -133,7 +141,7 @@ def generation_settings(args):
 
 def cmd_describe(args) -> int:
     from .automask import AutoMaskSettings
-    from .engine import resolve_tasks
+    from .tasks import resolve_tasks
     from .io import draw_overlay, load_image, mask_to_png, save_png, write_json
 
     tasks = args.task or ["category"]
@@ -161,7 +169,7 @@ def cmd_describe(args) -> int:
         name = f"mask_{result.index:03d}.png"
         save_png(out / name, mask_to_png(result.mask))
         records.append({"image": str(args.image), "width": image.width, "height": image.height,
-                        "model": str(args.model or "Perceive-Anything/PAM-1.5B"), **result.to_dict(), "mask_png": name})
+                        "model": model_source(args).name, **result.to_dict(), "mask_png": name})
     for stale in out.glob("mask_*.png"):
         if stale.name not in {r["mask_png"] for r in records}:
             stale.unlink()

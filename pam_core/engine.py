@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,17 +14,18 @@ from PIL import Image
 
 from . import checkpoint
 from .automask import AutoMaskSettings, find_objects
-from .errors import SettingsError, TaskError
+from .errors import SettingsError
 from .generation import DecodingSpec, Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
 from .model import PAMModel
+from .progress import Progress
 from .prompts import Box, Region, RegionLike, as_region, mask_box
 from .segmenter import ImageFeatures, Segmentation
-from .tasks import Task, parse_output, resolve_task
+from .tasks import Task, Tasks, parse_output, resolve_tasks
 
-Progress = Callable[[int, int, str], None]
-Tasks = Union[str, Sequence[str]]
 
+if TYPE_CHECKING:  # annotations only: the video package does not import the engine
+    from .video import VideoResult, VideoSettings
 
 # Regions whose SAM 2 decoder passes run together (the decoder is cheap; this bounds its activations).
 DECODER_CHUNK = 32
@@ -254,25 +255,22 @@ class PAM:
             progress(len(regions), len(regions), "done")
         return results
 
-    def describe_video(self, video, prompts, frame: int = 0, task: str = "caption", lang: str = "en",
-                       segments=None, window: Optional[int] = None, carry: str = "box", backward: bool = True,
+    def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,
-                       progress: Optional[Progress] = None, on_frame=None, on_caption=None, keep_frames: bool = True):
+                       progress: Optional[Progress] = None, on_frame=None, on_caption=None, keep_frames: bool = True,
+                       **options) -> "VideoResult":
         """Track objects through a video (file, frame folder or frame sequence) and caption each per segment.
 
-        `prompts`: regions on frame `frame`, or `video.VideoPrompt(region, frame=K)` each. `segments`:
-        inclusive (start, end) frame ranges, or `window` frames each, default the whole video; each segment's
-        caption is conditioned on the object's previous one. `carry="box"` re-prompts every segment with the
-        object's last box (the reference), `"memory"` keeps SAM 2's memory across segments. A prompt after
-        the first frame of its segment (box carry) or of the video (memory carry) is also tracked backward
-        to there unless `backward=False`; captions start at the prompt frame. `on_frame`
+        `prompts`: regions on the prompt frame, or `VideoPrompt(region, frame=K)` each. `settings` is a
+        `VideoSettings` (prompt frame, task, lang, segments or window, carry, backward); keyword `options`
+        override its fields, e.g. `describe_video("clip.mp4", [box], task="caption", window=32)`. `on_frame`
         receives each frame's `ObjectFrame`s and `on_caption` each `SegmentCaption` as soon as they exist.
-        Returns a `video.VideoResult`.
+        Returns a `VideoResult`; see `pam_core.video` for the tracking rules.
         """
-        from .video import describe_video
+        from .video import VideoSettings, describe_video
 
-        return describe_video(self, video, prompts, frame=frame, task=task, lang=lang, segments=segments,
-                              window=window, carry=carry, backward=backward, generation=generation, fps=fps,
+        settings = (settings or VideoSettings()).replace(**options)
+        return describe_video(self.model, self.generate, video, prompts, settings, generation=generation, fps=fps,
                               progress=progress, on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames)
 
     @staticmethod
@@ -286,8 +284,8 @@ class PAM:
         return RegionResult(
             index=index, prompt=prompt, mask=mask, box=mask_box(mask),
             mask_score=analysis.segmentation.mask_score, object_score=analysis.segmentation.object_score,
-            lang=lang, texts={_task_key(t): g.text for t, g in zip(tasks, generations)}, fields=fields,
-            token_ids={_task_key(t): g.token_ids for t, g in zip(tasks, generations)})
+            lang=lang, texts={t.key: g.text for t, g in zip(tasks, generations)}, fields=fields,
+            token_ids={t.key: g.token_ids for t, g in zip(tasks, generations)})
 
     def _max_batch(self) -> int:
         if self.max_batch is not None:
@@ -306,19 +304,3 @@ class PAM:
         kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2048 * itemsize
         activations = 1100 * (cfg.intermediate_size * 3 + cfg.hidden_size * 4) * itemsize
         return kv + activations
-
-
-def resolve_tasks(task: Tasks, lang: str) -> list[Task]:
-    """One or several task names / free instructions, checked; a task may not be asked twice."""
-    names = [task] if isinstance(task, str) else list(task)
-    if not names:
-        raise TaskError("give at least one task")
-    tasks = [resolve_task(name, lang) for name in names]
-    keys = [_task_key(t) for t in tasks]
-    if len(set(keys)) != len(keys):
-        raise TaskError(f"a task is repeated in {names}")
-    return tasks
-
-
-def _task_key(task: Task) -> str:
-    return task.instruction if task.name == "free" else task.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 from .errors import TaskError
 
@@ -52,6 +53,15 @@ class Task:
     lang: str
     instruction: str
 
+    @property
+    def key(self) -> str:
+        """How results name this task's text: the task name, or the instruction itself for a free one."""
+        return self.instruction if self.name == "free" else self.name
+
+    def with_history(self, history: str | None) -> "Task":
+        """The video caption task conditioned on the previous segment's caption; other tasks are unchanged."""
+        return video_caption_task(self.lang, history) if self.name == "video_caption" else self
+
     def prompt_parts(self) -> tuple[str, str]:
         """The rendered prompt split around the image placeholder: (text before, text after)."""
         before, after = PROMPT_TEMPLATE.format(task=self.instruction).split(IMAGE_PLACEHOLDER)
@@ -74,6 +84,34 @@ def resolve_task(task: str, lang: str = "en") -> Task:
     if IMAGE_PLACEHOLDER in key:
         raise TaskError(f"a free instruction must not contain {IMAGE_PLACEHOLDER!r}; the region is inserted for you")
     return Task("free", lang, key)
+
+
+Tasks = Union[str, Sequence[str]]
+VIDEO_CAPTION = "caption"  # the task name users give for PAM's video caption task
+
+
+def resolve_tasks(tasks: Tasks, lang: str = "en") -> list[Task]:
+    """One or several task names / free instructions, checked: the one resolver every entry point uses.
+    A task may not be asked twice (its text is keyed by the task)."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+        raise TaskError("give at least one task")
+    resolved = [resolve_task(name, lang) for name in names]
+    keys = [task.key for task in resolved]
+    if len(set(keys)) != len(keys):
+        raise TaskError(f"a task is repeated in {names}")
+    return resolved
+
+
+def resolve_video_task(task: str, lang: str = "en") -> Task:
+    """The task of a video run. "caption" is the reference's video task: its instruction carries the object's
+    previous caption (`Task.with_history`). Any image task or free instruction is asked as is (the released
+    weights were trained on "caption" for video)."""
+    if task == VIDEO_CAPTION:
+        return video_caption_task(lang)
+    if task == "video_caption":
+        raise TaskError(f"the video caption task is called {VIDEO_CAPTION!r}")
+    return resolve_task(task, lang)
 
 
 def task_for_instruction(instruction: str) -> Task:

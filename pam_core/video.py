@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .engine import PAM, Progress
-from .generation import GenerationSettings
-from .errors import ImageError, PromptError, TaskError, VideoError
+from .errors import ImageError, PromptError, SettingsError, VideoError
+from .generation import Generation, GenerationSettings
 from .io import ImageLike, load_image
 from .model import PAMModel
+from .progress import Progress
 from .prompts import Box, Region, RegionLike, as_region, mask_box
 from .segmenter import SAM2Segmenter, Segmentation, llm_mask_tokens, preprocess
-from .tasks import Task, resolve_task, video_caption_task
+from .tasks import VIDEO_CAPTION, Task, resolve_video_task
 
 VideoLike = Union[str, os.PathLike, Sequence[ImageLike], np.ndarray]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -177,27 +177,75 @@ def parse_segments(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a video run tracks and captions, validated once here for the API, the CLI and the host plugins.
+
+    `frame`: the frame (0-based) prompts sit on unless a `VideoPrompt` names its own. `task`: "caption" (the
+    video task PAM was trained on) or an image task / free instruction. `segments`: inclusive (start, end)
+    frame ranges, or a string "0-31,32-63"; or `window` frames each; default the whole video. `carry`: "box"
+    re-prompts each segment with the object's last box (the reference), "memory" keeps SAM 2's memory.
+    `backward`: also track a prompt back to the start of its segment (box) or of the video (memory).
+    """
+
+    frame: int = 0
+    task: str = VIDEO_CAPTION
+    lang: str = "en"
+    segments: Optional[tuple[tuple[int, int], ...]] = None
+    window: Optional[int] = None
+    carry: str = "box"
+    backward: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.segments, str):
+            object.__setattr__(self, "segments", tuple(parse_segments(self.segments)))
+        elif self.segments is not None:
+            object.__setattr__(self, "segments", tuple((int(a), int(b)) for a, b in self.segments) or None)
+        resolve_video_task(self.task, self.lang)
+        if self.carry not in CARRY_MODES:
+            raise VideoError(f"carry must be one of {', '.join(CARRY_MODES)}, got {self.carry!r}")
+        if self.segments is not None and self.window is not None:
+            raise VideoError("give segments or a window, not both")
+        if self.window is not None and (not isinstance(self.window, (int, np.integer)) or self.window < 1):
+            raise VideoError(f"window must be a whole number of frames >= 1, got {self.window!r}")
+        if not isinstance(self.frame, (int, np.integer)) or self.frame < 0:
+            raise PromptError(f"the prompt frame must be a frame number >= 0, got {self.frame!r}")
+        previous = None
+        for start, end in self.segments or ():
+            if start < 0:
+                raise VideoError(f"segment {start}-{end} starts before frame 0")
+            if start > end:
+                raise VideoError(f"segment {start}-{end} ends before it starts")
+            if previous is not None and start <= previous[1]:
+                raise VideoError(f"segment {start}-{end} overlaps or precedes {previous[0]}-{previous[1]}: "
+                                 "segments must be ascending and disjoint")
+            previous = (start, end)
+
+    def replace(self, **changes) -> "VideoSettings":
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise SettingsError(f"unknown video settings {sorted(unknown)}; use {[f.name for f in fields(self)]}")
+        return replace(self, **changes) if changes else self
+
+    @property
+    def caption_task(self) -> Task:
+        """The resolved task (for "caption": without history yet, see `Task.with_history`)."""
+        return resolve_video_task(self.task, self.lang)
+
+
 def plan_segments(num_frames: int, segments: Optional[Sequence[tuple[int, int]]] = None,
                   window: Optional[int] = None) -> list[Segment]:
-    """The caption segments: given ranges (ascending, not overlapping; an end past the video is cut to its
-    last frame), fixed windows of `window` frames, or the whole video."""
-    if segments is not None and window is not None:
-        raise VideoError("give segments or a window, not both")
+    """The caption segments of a video of `num_frames`: the ranges of validated `VideoSettings` (an end past
+    the video is cut to its last frame), fixed windows of `window` frames, or the whole video."""
     if window is not None:
-        if window < 1:
-            raise VideoError(f"window must be at least 1 frame, got {window}")
         return [Segment(s, min(s + window, num_frames) - 1) for s in range(0, num_frames, window)]
     if not segments:
         return [Segment(0, num_frames - 1)]
     plan = []
     for start, end in segments:
-        if start > end:
-            raise VideoError(f"segment {start}-{end} ends before it starts")
         if start >= num_frames:
             raise VideoError(f"segment {start}-{end} starts after the last frame ({num_frames - 1})")
-        if plan and start <= plan[-1].end:
-            raise VideoError(f"segment {start}-{end} overlaps or precedes {plan[-1].start}-{plan[-1].end}: "
-                             "segments must be ascending and disjoint")
         plan.append(Segment(start, min(end, num_frames - 1)))
     return plan
 
@@ -432,28 +480,29 @@ class _Object:
     history: Optional[str] = None
 
 
-def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[RegionLike | VideoPrompt],
-                   frame: int = 0, task: str = "caption", lang: str = "en",
-                   segments: Optional[Sequence[tuple[int, int]]] = None, window: Optional[int] = None,
-                   carry: str = "box", backward: bool = True, generation: GenerationSettings = GenerationSettings(),
-                   fps: Optional[float] = None, progress: Optional[Progress] = None,
+Generate = Callable[[Task, torch.Tensor, GenerationSettings], Generation]
+
+
+def describe_video(model: PAMModel, generate: Generate, video: VideoLike | FrameSource,
+                   prompts: Sequence[RegionLike | VideoPrompt], settings: VideoSettings = VideoSettings(),
+                   generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,
+                   progress: Optional[Progress] = None,
                    on_frame: Optional[Callable[[list[ObjectFrame]], None]] = None,
                    on_caption: Optional[Callable[[SegmentCaption], None]] = None,
                    keep_frames: bool = True) -> VideoResult:
-    """Track every prompted object through the video and caption it per segment; see `PAM.describe_video`."""
-    if carry not in CARRY_MODES:
-        raise VideoError(f"carry must be one of {', '.join(CARRY_MODES)}, got {carry!r}")
-    task_for = segment_task(task, lang)
+    """Track every prompted object through the video and caption it per segment with `generate` (one
+    region's text from its visual embeddings); see `PAM.describe_video`."""
+    task = settings.caption_task
     source = open_video(video, fps)
     info = source.info
-    plan = plan_segments(info.num_frames, segments, window)
-    objects = _objects(prompts, frame, info, plan, carry)
-    model = pam.model
+    plan = plan_segments(info.num_frames, settings.segments, settings.window)
+    carry = settings.carry
+    objects = _objects(prompts, settings.frame, info, plan, carry)
     captions: list[SegmentCaption] = []
     kept: list[ObjectFrame] = []
     remaining = iter(plan)
     ahead: Optional[Segment] = next(remaining)  # the first segment not yet passed
-    behind = [o for o in objects if o.first < o.frame] if backward else []
+    behind = [o for o in objects if o.first < o.frame] if settings.backward else []
     total = info.num_frames + sum(o.frame - o.first for o in behind)
     earlier = _track_backward(model, source, behind, total, progress)
     done = total - info.num_frames
@@ -473,7 +522,7 @@ def describe_video(pam: PAM, video: VideoLike | FrameSource, prompts: Sequence[R
             if obj.clip is not None:
                 obj.clip.add(index, seg)
                 if index == obj.clip.end:
-                    captions.append(_caption(pam, obj, task_for, lang, generation, time, info))
+                    captions.append(_caption(generate, obj, task, generation, time, info))
                     obj.clip = None
                     if on_caption:
                         on_caption(captions[-1])
@@ -523,18 +572,6 @@ def _object_frame(obj: _Object, index: int, time: Optional[float], seg: Segmenta
     return ObjectFrame(obj.index, index, time, seg.object_score, seg.mask_score, mask_box(mask), mask_to_rle(mask))
 
 
-def segment_task(task: str, lang: str) -> Callable[[Optional[str]], Task]:
-    """"caption" is the reference's video task (conditioned on the previous caption); any other task name or
-    free instruction is asked as is (the released weights were trained on "caption" for video)."""
-    if task == "caption":
-        video_caption_task(lang)  # checks the language now
-        return lambda history: video_caption_task(lang, history)
-    if task == "video_caption":
-        raise TaskError("the video caption task is called 'caption'")
-    resolved = resolve_task(task, lang)
-    return lambda history: resolved
-
-
 def _objects(prompts, frame: int, info: VideoInfo, plan: list[Segment], carry: str) -> list[_Object]:
     if isinstance(prompts, (Region, dict, VideoPrompt)):
         prompts = [prompts]
@@ -577,13 +614,13 @@ def _start_tracking(obj: _Object, index: int, time: Optional[float], segment: Op
     return prompt
 
 
-def _caption(pam: PAM, obj: _Object, task_for, lang: str, generation: GenerationSettings,
+def _caption(generate: Generate, obj: _Object, task: Task, generation: GenerationSettings,
              end_time: Optional[float], info: VideoInfo) -> SegmentCaption:
     clip = obj.clip
-    task = task_for(obj.history)
-    gen = pam.generate(task, clip.visual_embeds(), generation)
+    asked = task.with_history(obj.history)
+    gen = generate(asked, clip.visual_embeds(), generation)
     obj.history = gen.text
     if end_time is not None and info.fps:
         end_time += 1.0 / info.fps
     return SegmentCaption(obj.index, clip.start, clip.end, clip.start_time, end_time, clip.frames, obj.clip_prompt,
-                          task.name, lang, gen.text, gen.token_ids)
+                          asked.name, task.lang, gen.text, gen.token_ids)

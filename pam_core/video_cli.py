@@ -124,16 +124,16 @@ def _log(message: str) -> None:
 
 
 def cmd_describe_video(args) -> int:
-    from .cli import generation_settings, load_pam
-    from .video import open_video, parse_segments, plan_segments, segment_task
+    from .cli import generation_settings, load_pam, model_source
     from .io import write_json
+    from .video import VideoSettings, open_video, plan_segments
 
-    segment_task(args.task, args.lang)  # fail on bad input before loading anything
+    video_settings = VideoSettings(frame=args.frame, task=args.task, lang=args.lang, segments=args.segments or None,
+                                   window=args.window, carry=args.carry, backward=not args.forward_only)
     settings = generation_settings(args)
     prompts = _prompts(args)
     source = open_video(args.video, args.fps)
-    segments = parse_segments(args.segments) if args.segments else None
-    plan = plan_segments(source.info.num_frames, segments, args.window)
+    plan = plan_segments(source.info.num_frames, video_settings.segments, video_settings.window)
     info = source.info
     _log(f"{args.video}: {info.num_frames} frames, {info.width}x{info.height}, fps {info.fps or 'unknown'}")
 
@@ -142,14 +142,13 @@ def cmd_describe_video(args) -> int:
     writer = OutputWriter(Path(args.out), args.png_masks)
     try:
         result = pam.describe_video(
-            source, prompts, task=args.task, lang=args.lang, segments=segments, window=args.window,
-            carry=args.carry, backward=not args.forward_only, generation=settings, on_frame=writer.frame, on_caption=writer.caption,
+            source, prompts, video_settings, generation=settings, on_frame=writer.frame, on_caption=writer.caption,
             keep_frames=False, progress=lambda i, n, msg: _log(f"[{i}/{n}] {msg} ({time.time() - start:.1f} s)"))
     finally:
         writer.close()
     write_json(Path(args.out) / "results.json", {
         "video": str(args.video), "num_frames": info.num_frames, "width": info.width, "height": info.height,
-        "fps": info.fps, "model": str(args.model or "Perceive-Anything/PAM-1.5B"), "task": args.task, "lang": args.lang, "carry": args.carry,
+        "fps": info.fps, "model": model_source(args).name, "task": args.task, "lang": args.lang, "carry": args.carry,
         "prompts": [{"object": i, "frame": p.frame, "prompt": p.region.kind} for i, p in enumerate(prompts)],
         "segments": [[s.start, s.end] for s in plan], "captions": [c.to_dict() for c in result.captions],
         "tracks": "tracks.jsonl", "frames_written": writer.frames,

@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import FIXTURE, interruptible, needs_fixture
 from pam_core import GenerationSettings, Region
-from pam_core.errors import PromptError, TaskError, VideoError
-from pam_core.video import (VideoPrompt, llm_frame_indices, mask_to_rle, open_video, parse_segments, plan_segments,
+from pam_core.errors import PromptError, SettingsError, TaskError, VideoError
+from pam_core.video import (VideoPrompt, VideoSettings, llm_frame_indices, mask_to_rle, open_video, parse_segments, plan_segments,
                             rle_to_mask)
 
 FRAMES = sorted((FIXTURE / "inputs" / "video").glob("*.jpg"))
@@ -62,15 +62,19 @@ def test_segment_plans():
     windows = plan_segments(70, window=32)
     assert [(s.start, s.end) for s in windows] == [(0, 31), (32, 63), (64, 69)]
     assert [(s.start, s.end) for s in plan_segments(50, parse_segments("0-9, 20-99"))] == [(0, 9), (20, 49)]
-    for bad in ("0-9,5-20", "9-3", "60-70"):
+    for bad in ("0-9,5-20", "9-3"):
         with pytest.raises(VideoError):
-            plan_segments(50, parse_segments(bad))
+            VideoSettings(segments=bad)
+    with pytest.raises(VideoError, match="after the last frame"):
+        plan_segments(50, VideoSettings(segments="60-70").segments)
     with pytest.raises(VideoError, match="START-END"):
         parse_segments("0:31")
     with pytest.raises(VideoError, match="not both"):
-        plan_segments(50, [(0, 9)], window=5)
-    with pytest.raises(VideoError, match="at least 1"):
-        plan_segments(50, window=0)
+        VideoSettings(segments=[(0, 9)], window=5)
+    with pytest.raises(VideoError, match=">= 1"):
+        VideoSettings(window=0)
+    with pytest.raises(SettingsError, match="unknown video settings"):
+        VideoSettings().replace(windows=3)
 
 
 def test_rle_round_trip_in_coco_order():
