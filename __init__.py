@@ -1,4 +1,4 @@
-"""ComfyUI entry point: this repository works when cloned into ComfyUI/custom_nodes/ (see README, "ComfyUI").
+"""ComfyUI entry point: this repository works when cloned into ComfyUI/custom_nodes/ (see docs/comfyui.md).
 
 ComfyUI imports this folder as a package. pytest may import it too while collecting tests (the repository
 root is a package to it, under whatever name the clone has); then ComfyUI's `folder_paths` is not importable

@@ -19,7 +19,7 @@ class Region:
 
     `box` is xyxy. `points` go with `labels` (1 = positive, 0 = negative). A box and points may be
     combined (SAM 2 takes the box as its first two points). `mask` is a boolean HxW array at image
-    size and stands alone: it goes through SAM 2's mask-input path (see README, "Mask prompts").
+    size and stands alone: it goes through SAM 2's mask-input path (see docs/python-api.md, "Mask prompts").
     """
 
     box: Optional[Box] = None
