@@ -80,7 +80,7 @@ def child(args) -> None:
     import torch
 
     from pam_core import PAM, GenerationSettings, Region
-    from pam_core.video_cli import OutputWriter
+    from pam_core.cli.describe_video import OutputWriter
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

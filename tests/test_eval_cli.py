@@ -21,21 +21,6 @@ IMAGE = FIXTURE / "inputs" / "image.png"
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java")
 
 
-def _pam(*args, timeout=600):
-    """`pam ...` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "pam_core.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _main(capsys, *args):
-    """`pam ...` in this process (saves the import time of a new one): exit code, stdout, stderr."""
-    from pam_core.cli import main
-
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out, err)
-
-
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_utils
 
@@ -82,8 +67,11 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recognition_run(dataset):
+    """A real `python -m pam_core.cli` process, as a user runs it."""
     out = dataset / "out-recognition"
-    proc = _pam("eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2, *MODEL_ARGS)
+    args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2, *MODEL_ARGS]
+    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc, out
 
@@ -129,7 +117,7 @@ def test_recognition_predictions_are_what_the_api_says(recognition_run, pam, dat
 
 
 @needs_fixture
-def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, capsys):
+def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
     out = tmp_path / "resumed"
     out.mkdir()
@@ -137,7 +125,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     lines = (full / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     # what an interruption leaves: two whole lines and half of the third
     (out / "predictions.jsonl").write_text(lines[0] + lines[1] + lines[2][:15], encoding="utf-8")
-    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2,
+    proc = pam_cli("eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 2,
                  *MODEL_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert "loading PAM" in proc.stderr
@@ -147,14 +135,14 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     assert json.loads((out / "metrics.json").read_text()) == json.loads((full / "metrics.json").read_text())
 
     # a finished run is only re-scored: the model is not even loaded
-    again = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", out, *MODEL_ARGS)
+    again = pam_cli("eval", "recognition", dataset / "recognition.jsonl", "--out", out, *MODEL_ARGS)
     assert again.returncode == 0, again.stderr
     assert "loading PAM" not in again.stderr
     assert again.stdout == proc.stdout
 
 
 @needs_fixture
-def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, capsys):
+def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
     out = tmp_path / "stopped"
     args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", out, "--batch", 1, *MODEL_ARGS]
@@ -172,7 +160,7 @@ def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, da
     kept = _lines(predictions)
     assert 1 <= len(kept) < 5 and not (out / "metrics.json").exists()
 
-    resumed = _main(capsys, *args)
+    resumed = pam_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert _lines(predictions)[:len(kept)] == kept and len(_lines(predictions)) == 5
     assert json.loads((out / "metrics.json").read_text())["metrics"] == \
@@ -180,17 +168,15 @@ def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, da
 
 
 @needs_fixture
-def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run, dataset, tmp_path, capsys):
+def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
     for name in ("run.json", "predictions.jsonl", "metrics.json"):
         shutil.copy(full / name, tmp_path / name)
     args = ["eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 1, *MODEL_ARGS]
-    proc = _main(capsys, *args, "--task", "definition")
-    assert proc.returncode == 2
-    assert "different run (changed: task)" in proc.stderr and "Traceback" not in proc.stderr
+    assert "different run (changed: task)" in pam_cli.error(*args, "--task", "definition")
     assert (tmp_path / "metrics.json").is_file()  # a refused run leaves the earlier results alone
 
-    proc = _main(capsys, *args, "--task", "definition", "--restart")
+    proc = pam_cli(*args, "--task", "definition", "--restart")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run.json").read_text())["task"] == "definition"
     assert [p["id"] for p in _lines(tmp_path / "predictions.jsonl")] == ["r0"]
@@ -198,11 +184,11 @@ def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run,
 
 
 @needs_fixture
-def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path, capsys):
+def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
     for name in ("run.json", "predictions.jsonl"):  # reuse the predictions: no model needed
         shutil.copy(full / name, tmp_path / name)
-    proc = _main(capsys, "eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 2,
+    proc = pam_cli("eval", "recognition", dataset / "recognition.jsonl", "--out", tmp_path, "--limit", 2,
                  *MODEL_ARGS)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in _lines(tmp_path / "scores.jsonl")] == ["r0", "r1"]
@@ -211,9 +197,9 @@ def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path,
 
 @needs_fixture
 @needs_java
-def test_caption_run_with_the_fixture_model(dataset, capsys):
+def test_caption_run_with_the_fixture_model(dataset, pam_cli):
     out = dataset / "out-caption"
-    proc = _main(capsys, "eval", "caption", dataset / "captions.jsonl", "--out", out, "--limit", 3, *MODEL_ARGS)
+    proc = pam_cli("eval", "caption", dataset / "captions.jsonl", "--out", out, "--limit", 3, *MODEL_ARGS)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "brief" and metrics["metrics"]["regions"] == 3
@@ -232,16 +218,16 @@ STREAMING_OUTPUT = {  # the reference's output layout (eval/example_data/output_
 
 
 @needs_java
-def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, capsys):
+def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, pam_cli):
     source = tmp_path / "output_tmp.jsonl"
     source.write_text(json.dumps(STREAMING_OUTPUT, indent=4), encoding="utf-8")
     converted = tmp_path / "streaming.jsonl"
-    proc = _main(capsys, "eval", "convert", "streaming", source, converted)
+    proc = pam_cli("eval", "convert", "streaming", source, converted)
     assert proc.returncode == 0, proc.stderr
     records = load_annotations(converted)
     assert [r.id for r in records] == ["V_demo/1", "V_demo/2"]
     assert records[1].refs == ["The cat is on the mat."] and records[1].prediction == "the cat sat on the mat"
-    proc = _main(capsys, "eval", "caption", converted, "--out", tmp_path / "out", "--no-progress")
+    proc = pam_cli("eval", "caption", converted, "--out", tmp_path / "out", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     scores = {row["id"]: row for row in _lines(tmp_path / "out" / "scores.jsonl")}
     assert scores["V_demo/1"]["meteor"] == pytest.approx(1.0, abs=1e-6)
@@ -259,14 +245,25 @@ def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, caps
     ('{"image": "missing.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "image file not found"),
     ('\n', "holds no annotations"),
 ])
-def test_bad_annotations_fail_with_a_clear_message(tmp_path, content, message, capsys):
+def test_bad_annotations_fail_with_a_clear_message(tmp_path, content, message, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     path = tmp_path / "bad.jsonl"
     path.write_text(content, encoding="utf-8")
-    proc = _main(capsys, "eval", "recognition", path, "--out", tmp_path / "out", "--model", tmp_path / "no-model",
-                "--local-files-only", "--no-progress")
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    line = pam_cli.error("eval", "recognition", path, "--out", tmp_path / "out", "--model", tmp_path / "no-model",
+                         "--local-files-only", "--no-progress")
+    assert message in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "0"], "--limit must be at least 1"), (["--batch", "0"], "--batch must be at least 1"),
+    (["--task", "categroy"], "categroy"), (["--max-new-tokens", "0"], "max_new_tokens"),
+])
+def test_bad_options_fail_with_a_clear_message(tmp_path, args, message, pam_cli):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    path = _write_jsonl(tmp_path / "good.jsonl", [{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}])
+    line = pam_cli.error("eval", "recognition", path, "--out", tmp_path / "out", "--model", tmp_path / "no-model",
+                         "--local-files-only", "--no-progress", *args)
+    assert message in line
 
 
 def test_coco_caption_converter(tmp_path):

@@ -93,7 +93,7 @@ def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
     assert any("sam2_mid_image_embed" in line and "PASS" in line for line in proc.stdout.splitlines())
 
 
-def test_parity_names_an_unknown_case():
-    proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(FIXTURE), "--case", "video_points"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "no case video_points" in proc.stderr and "video_box" in proc.stderr
+def test_parity_names_an_unknown_case(pam_cli):
+    proc = pam_cli("parity", FIXTURE, "--case", "video_points")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no case video_points" in proc.stderr and "video_box" in proc.stderr
