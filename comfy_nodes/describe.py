@@ -10,14 +10,14 @@ from comfy_api.latest import io, ui
 import comfy.model_management as mm
 import comfy.utils
 from pam_core import (PAM, LANGUAGES, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region,
-                      RegionResult, TaskError)
+                      RegionResult)
 from pam_core.automask import ORDERS
+from pam_core.tasks import resolve_tasks
 
-from .loader import LoadedPAM, PamModel
-from .prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from .prompts import Prompts, mask_regions, parse_boxes, parse_editor, parse_points
 from .regions import PAMRegions
+from .types import PAMHandle, PAMModelType, PAMRegionsType
 
-PamRegions = io.Custom("PAM_REGIONS")
 CUSTOM_TASK = "custom instruction"
 
 # (engine, image index, that image [H, W, C], generation settings, progress callback) -> its regions
@@ -77,37 +77,32 @@ def prompt_regions(prompt: str, positive_points, negative_points, bboxes, mask, 
                                              parse_points(negative_points, "negative_points"), parse_boxes(bboxes))
     regions = prompts.regions(each_point_is_a_region)
     if mask is not None:
-        regions += [Region(mask=m) for m in masks_for_image(mask, height, width)]
+        regions += mask_regions(mask, height, width)
     return regions
 
 
 def region_outputs() -> list:
     return [io.Mask.Output(display_name="masks", tooltip="One mask per region, image by image [N, H, W]."),
             io.String.Output(display_name="captions", tooltip="One line of text per region."),
-            PamRegions.Output(display_name="regions", tooltip="Masks, boxes, scores and texts for the "
-                                                                "Regions to Text / JSON and Overlay nodes.")]
+            PAMRegionsType.Output(display_name="regions", tooltip="Masks, boxes, scores and texts for the "
+                                                                    "Regions to Text / JSON and Overlay nodes.")]
 
 
-def chosen_task(task: str, instruction: str | None) -> str:
-    """The task combo's choice, or the instruction text when it is 'custom instruction'."""
-    if task != CUSTOM_TASK:
-        return task
-    if not (instruction or "").strip():
-        raise TaskError("task is 'custom instruction' but the instruction text is empty")
-    return instruction.strip()
+def requested_tasks(task: str, instruction: str | None, more_tasks: str | None = None) -> list[str]:
+    """The task inputs as the task list pam_core resolves: the combo's choice (the instruction text for
+    'custom instruction'), then the comma-separated more_tasks."""
+    chosen = (instruction or "").strip() if task == CUSTOM_TASK else task
+    return [chosen, *(name.strip() for name in (more_tasks or "").split(",") if name.strip())]
 
 
-def resolve_tasks(task: str, instruction: str | None, more_tasks: str | None) -> list[str]:
-    """The task list pam.describe takes: the chosen task (or the custom instruction), then `more_tasks`."""
-    task = chosen_task(task, instruction)
-    more = [name.strip() for name in (more_tasks or "").split(",") if name.strip()]
-    unknown = [name for name in more if name not in TASK_NAMES]
-    if unknown:
-        raise TaskError(f"more_tasks: {', '.join(map(repr, unknown))} not among {', '.join(TASK_NAMES)}")
-    return list(dict.fromkeys([task, *more]))
+def checked_tasks(task: str, instruction: str | None, more_tasks: str | None, lang: str) -> list[str]:
+    """`requested_tasks`, resolved once here so that a bad task fails before the model moves to its device."""
+    tasks = requested_tasks(task, instruction, more_tasks)
+    resolve_tasks(tasks, lang)
+    return tasks
 
 
-def describe_batch(pam_model: LoadedPAM, image: torch.Tensor, describe_image: DescribeImage,
+def describe_batch(pam_model: PAMHandle, image: torch.Tensor, describe_image: DescribeImage,
                    max_new_tokens: int) -> io.NodeOutput:
     """Every image of an IMAGE batch [B, H, W, C] through `describe_image`. The progress bar counts regions
     as the engine reports them (before each batch of regions; the total grows as images report their
@@ -156,7 +151,7 @@ class PAMSegmentDescribe(io.ComfyNode):
                         "point); every mask of the optional mask input is one region. The same prompts apply "
                         "to every image of a batch.",
             inputs=[
-                PamModel.Input("pam_model"),
+                PAMModelType.Input("pam_model"),
                 io.Image.Input("image"),
                 editor_input(),
                 *text_inputs(),
@@ -175,7 +170,8 @@ class PAMSegmentDescribe(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         regions = prompt_regions(prompt, positive_points, negative_points, bboxes, mask, image.shape[1],
                                  image.shape[2], each_point_is_a_region)
-        describe = describe_regions([regions] * image.shape[0], resolve_tasks(task, instruction, more_tasks), lang)
+        describe = describe_regions([regions] * image.shape[0], checked_tasks(task, instruction, more_tasks, lang),
+                                    lang)
         return describe_batch(pam_model, image, describe, max_new_tokens)
 
 
@@ -186,7 +182,7 @@ class PAMDescribeMasks(io.ComfyNode):
             node_id="PAMDescribeMasks", display_name="PAM Describe Masks", category="PAM",
             description="Describes regions given as masks from any segmenter. With one image every mask is a "
                         "region of it; with a batch of B images and B masks, mask i belongs to image i.",
-            inputs=[PamModel.Input("pam_model"), io.Image.Input("image"),
+            inputs=[PAMModelType.Input("pam_model"), io.Image.Input("image"),
                     io.Mask.Input("mask", tooltip="Masks [N, H, W], resized to the image when their size differs."),
                     *text_inputs()],
             outputs=region_outputs(),
@@ -196,15 +192,12 @@ class PAMDescribeMasks(io.ComfyNode):
     @classmethod
     def execute(cls, pam_model, image, mask, task, lang, instruction="", max_new_tokens=512,
                 more_tasks="") -> io.NodeOutput:
-        masks = mask if mask.ndim == 3 else mask[None]
-        if image.shape[0] > 1 and masks.shape[0] != image.shape[0]:
-            raise PromptError(f"{image.shape[0]} images but {masks.shape[0]} masks: give one image with any number "
+        regions = mask_regions(mask, image.shape[1], image.shape[2])
+        if image.shape[0] > 1 and len(regions) != image.shape[0]:
+            raise PromptError(f"{image.shape[0]} images but {len(regions)} masks: give one image with any number "
                               f"of masks, or one mask per image")
-
-        height, width = image.shape[1], image.shape[2]
-        regions = [[Region(mask=m) for m in masks_for_image(masks if image.shape[0] == 1 else masks[i:i + 1],
-                                                            height, width)] for i in range(image.shape[0])]
-        describe = describe_regions(regions, resolve_tasks(task, instruction, more_tasks), lang)
+        per_image = [regions] if image.shape[0] == 1 else [[region] for region in regions]
+        describe = describe_regions(per_image, checked_tasks(task, instruction, more_tasks, lang), lang)
         return describe_batch(pam_model, image, describe, max_new_tokens)
 
 
@@ -218,7 +211,7 @@ class PAMDescribeEverything(io.ComfyNode):
                         "grid of points, quality thresholds, overlap removal) and describes each one like a box "
                         "around it; largest (or surest) first.",
             inputs=[
-                PamModel.Input("pam_model"), io.Image.Input("image"), *text_inputs(),
+                PAMModelType.Input("pam_model"), io.Image.Input("image"), *text_inputs(),
                 io.Int.Input("max_regions", default=defaults.max_regions, min=1, max=256, optional=True,
                              tooltip="At most this many regions per image (the text is the slow part)."),
                 io.Combo.Input("order", options=list(ORDERS), default=defaults.order, optional=True,
@@ -240,7 +233,7 @@ class PAMDescribeEverything(io.ComfyNode):
     def execute(cls, pam_model, image, task, lang, instruction="", max_new_tokens=512, more_tasks="",
                 **automask) -> io.NodeOutput:
         auto = AutoMaskSettings(**{name: value for name, value in automask.items() if value is not None})
-        tasks = resolve_tasks(task, instruction, more_tasks)
+        tasks = checked_tasks(task, instruction, more_tasks, lang)
 
         def describe_image(pam, _index, frame, settings, progress):
             return pam.describe_everything(frame, task=tasks, lang=lang, generation=settings, auto=auto,

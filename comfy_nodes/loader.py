@@ -1,11 +1,10 @@
 """PAM Model Loader: checkpoints from ComfyUI's models/pam and models/sam2 folders (extra_model_paths.yaml
-honoured), optional explicit Hub download, and moving the model between ComfyUI's devices around a run."""
+honoured) or the Hub (downloads only when asked), loaded through pam_core's one loading path on the device and
+dtype ComfyUI's model management picks."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,17 +12,14 @@ from comfy_api.latest import io
 
 import comfy.model_management as mm
 import folder_paths
-from pam_core import PAM, WeightsNotFoundError
-from pam_core.checkpoint import DEFAULT_SAM2, SAM2_HUB_FILES, offline
+from pam_core import ModelSource, WeightsNotFoundError, load_pam
+from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, PAM_MODELS, SAM2_HUB_FILES
+from pam_core.model import DTYPES
+
+from .types import PAMHandle, PAMModelType
 
 PAM_FOLDER, SAM2_FOLDER = "pam", "sam2"
-HUB_MODELS = ("Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B")
 SAM2_SUFFIXES = (".pt", ".safetensors")
-# Known SAM 2.1 weight file names -> the sam2 package config they need (a .yaml beside the file wins).
-SAM2_CONFIGS = {filename: config for filename, config in SAM2_HUB_FILES.values()}
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-PamModel = io.Custom("PAM_MODEL")
 
 
 def register_model_folders() -> None:
@@ -52,36 +48,15 @@ def local_sam2_files() -> list[str]:
 def missing_weights_help() -> str:
     pam_dirs = ", ".join(folder_paths.get_folder_paths(PAM_FOLDER))
     sam2_dirs = ", ".join(folder_paths.get_folder_paths(SAM2_FOLDER))
-    return (f"Put a PAM checkpoint folder (config.json, tokenizer.json, model*.safetensors; e.g. the PAM-1.5B "
-            f"folder of the Hub repo Perceive-Anything/PAM-1.5B) into one of: {pam_dirs}, and SAM 2.1 weights "
-            f"(sam2.1_hiera_large.pt from facebook/sam2.1-hiera-large) into one of: {sam2_dirs}; then press R to "
-            f"refresh the lists. Or switch on download_from_hub (needs Hub access and HF_HUB_OFFLINE unset).")
+    return (f"Put a PAM checkpoint folder (config.json, tokenizer.json, model*.safetensors; e.g. the "
+            f"{DEFAULT_MODEL.split('/')[-1]} folder of the Hub repo {DEFAULT_MODEL}) into one of: {pam_dirs}, and "
+            f"SAM 2.1 weights ({SAM2_HUB_FILES[DEFAULT_SAM2][0]} from {DEFAULT_SAM2}) into one of: {sam2_dirs}; then "
+            f"press R to refresh the lists. Or switch on download_from_hub (needs Hub access and HF_HUB_OFFLINE "
+            f"unset).")
 
 
-@dataclass
-class LoadedPAM:
-    """The PAM_MODEL value: the engine plus where it runs and where it rests between runs."""
-
-    pam: PAM
-    device: torch.device
-    dtype: torch.dtype
-    offload_device: torch.device
-    keep_loaded: bool
-
-    @contextlib.contextmanager
-    def running(self):
-        """The engine on its compute device for one run; back on the offload device afterwards unless
-        keep_loaded (also when the run fails or is interrupted)."""
-        self.pam.model.to_device(self.device, self.dtype)
-        try:
-            yield self.pam
-        finally:
-            if not self.keep_loaded and self.offload_device != self.device:
-                self.pam.model.to_device(self.offload_device, self.dtype)
-                mm.soft_empty_cache()
-
-
-def _dtype(choice: str, device: torch.device) -> str:
+def comfy_dtype(choice: str, device: torch.device) -> str:
+    """The dtype choice, with "auto" decided by ComfyUI's model management for the device."""
     if choice != "auto":
         return choice
     if device.type == "cpu":
@@ -100,14 +75,14 @@ class PAMModelLoader(io.ComfyNode):
                         "Local folders in models/pam and files in models/sam2 are listed; Hub ids load from the "
                         "Hugging Face cache, or download when download_from_hub is on.",
             inputs=[
-                io.Combo.Input("model", options=[*sorted(local_checkpoints()), *HUB_MODELS],
+                io.Combo.Input("model", options=[*sorted(local_checkpoints()), *PAM_MODELS],
                                tooltip="A PAM checkpoint folder under models/pam, or a Hub id."),
                 io.Combo.Input("sam2", options=[*local_sam2_files(), DEFAULT_SAM2],
                                tooltip="SAM 2.1 weights (.pt or .safetensors) under models/sam2, or a Hub id. "
                                        "PAM was trained on SAM 2.1 Hiera-L."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
                                tooltip="auto: ComfyUI's main device (GPU when there is one)."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
+                io.Combo.Input("dtype", options=["auto", *DTYPES], default="auto",
                                tooltip="Precision of the Perceiver and the LLM (SAM 2 stays float32). auto: "
                                        "float32 on CPU, bfloat16/float16 on GPUs that support it."),
                 io.Boolean.Input("keep_loaded", default=False,
@@ -120,28 +95,24 @@ class PAMModelLoader(io.ComfyNode):
                              tooltip="Regions (x tasks) generated together; 0 = automatic (fixed on CPU, from free "
                                      "memory on a GPU). Progress and Cancel act between batches."),
             ],
-            outputs=[PamModel.Output(display_name="pam_model")],
+            outputs=[PAMModelType.Output(display_name="pam_model")],
         )
 
     @classmethod
     def execute(cls, model, sam2, device, dtype, keep_loaded, download_from_hub, max_batch=0) -> io.NodeOutput:
         local = local_checkpoints()
-        if model not in local and model not in HUB_MODELS:
+        if model not in local and model not in PAM_MODELS:  # a listed folder that is gone: never read it as a Hub id
             raise WeightsNotFoundError(f"PAM checkpoint {model!r} is not in models/pam. {missing_weights_help()}")
         sam2_path = folder_paths.get_full_path(SAM2_FOLDER, sam2) if sam2 != DEFAULT_SAM2 else None
         if sam2 != DEFAULT_SAM2 and sam2_path is None:
             raise WeightsNotFoundError(f"SAM 2 weights {sam2!r} are not in models/sam2. {missing_weights_help()}")
-        sam2_config = None
-        if sam2_path and not Path(sam2_path).with_suffix(".yaml").is_file():
-            sam2_config = SAM2_CONFIGS.get(Path(sam2_path).name)
         compute = mm.get_torch_device() if device == "auto" else torch.device("cpu")
+        source = ModelSource(model=local.get(model, model), sam2=sam2_path or sam2, device=compute,
+                             dtype=comfy_dtype(dtype, compute), local_files_only=None if download_from_hub else True)
         try:
-            pam = PAM.from_pretrained(local.get(model, model), sam2=sam2_path or sam2, sam2_config=sam2_config,
-                                      device=compute, dtype=_dtype(dtype, compute),
-                                      local_files_only=not download_from_hub or offline(), max_batch=max_batch or None)
+            pam = load_pam(source, max_batch=max_batch or None)
         except WeightsNotFoundError as exc:
             raise WeightsNotFoundError(f"{exc}\n{missing_weights_help()}") from exc
-        loaded = LoadedPAM(pam, compute, pam.model.dtype, mm.unet_offload_device(), keep_loaded)
-        if not keep_loaded and loaded.offload_device != compute:
-            pam.model.to_device(loaded.offload_device, loaded.dtype)
-        return io.NodeOutput(loaded)
+        handle = PAMHandle(pam, compute, pam.model.dtype, mm.unet_offload_device(), keep_loaded)
+        handle.rest()
+        return io.NodeOutput(handle)

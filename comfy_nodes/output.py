@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 from pam_core import PromptError
 from pam_core.io import draw_overlay, load_image
 
-from .describe import PamRegions
+from .types import PAMRegionsType
 
 LABELS = ("text", "label", "index")
 
@@ -23,7 +23,7 @@ class PAMRegionsToText(io.ComfyNode):
             node_id="PAMRegionsToText", display_name="PAM Regions to Text / JSON", category="PAM",
             description="The regions' texts as plain text (one line per region) and as a JSON array with "
                         "image index, prompt kind, box, mask area, scores, task, language, text and parsed fields.",
-            inputs=[PamRegions.Input("regions")],
+            inputs=[PAMRegionsType.Input("regions")],
             outputs=[io.String.Output(display_name="text"), io.String.Output(display_name="json")],
             is_output_node=True,
         )
@@ -49,7 +49,7 @@ class PAMOverlay(io.ComfyNode):
         return io.Schema(
             node_id="PAMOverlay", display_name="PAM Overlay", category="PAM",
             description="Draws every region on its image: the mask tinted, its box outlined, its text written.",
-            inputs=[io.Image.Input("image"), PamRegions.Input("regions"),
+            inputs=[io.Image.Input("image"), PAMRegionsType.Input("regions"),
                     io.Combo.Input("label", options=list(LABELS), default="text",
                                    tooltip="What to write at each box: the text, the parsed label "
                                            "(category / definition tasks), or the region number.")],

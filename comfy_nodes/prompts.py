@@ -97,10 +97,11 @@ def parse_editor(text: str) -> Prompts:
                    boxes=parse_boxes(data.get("boxes") or []))
 
 
-def masks_for_image(masks: torch.Tensor, height: int, width: int) -> list[np.ndarray]:
-    """A MASK batch ([B, H, W] or [H, W], 0..1) as boolean masks at the image's size (nearest resize when
-    the mask comes at another resolution)."""
+def mask_regions(masks: torch.Tensor, height: int, width: int) -> list[Region]:
+    """A MASK batch ([B, H, W] or [H, W], 0..1) as one mask Region each, at the image's size (nearest resize
+    when the mask comes at another resolution); pam_core reads and checks the masks."""
     masks = masks if masks.ndim == 3 else masks.reshape(-1, *masks.shape[-2:])
     if masks.shape[-2:] != (height, width):
-        masks = torch.nn.functional.interpolate(masks[:, None].float(), size=(height, width), mode="nearest-exact")[:, 0]
-    return [m.cpu().numpy() > 0.5 for m in masks]
+        masks = torch.nn.functional.interpolate(masks[:, None].float(), size=(height, width),
+                                                mode="nearest-exact")[:, 0]
+    return [Region.from_mask(mask) for mask in masks]

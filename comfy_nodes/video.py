@@ -7,18 +7,14 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
 import comfy.utils
-from pam_core import TASK_NAMES, GenerationSettings, PromptError
-from pam_core.tasks import resolve_video_task
-from pam_core.video import CARRY_MODES, SegmentCaption, parse_segments
+from pam_core import TASK_NAMES, GenerationSettings, VideoSettings
+from pam_core.tasks import VIDEO_CAPTION
+from pam_core.video import CARRY_MODES, SegmentCaption
 
-from .describe import (IMAGE_TASKS_HELP, PamRegions, chosen_task, connected_prompt_inputs, editor_input,
-                       prompt_regions, text_inputs)
-from .loader import PamModel
+from .describe import (IMAGE_TASKS_HELP, connected_prompt_inputs, editor_input, prompt_regions, requested_tasks,
+                       text_inputs)
 from .regions import PAMRegions
-
-VIDEO_TASK = "caption"
-NO_OBJECT = ("no object to track: click on the frame in the editor (left = positive point, right = negative point, "
-             "drag = box), or connect points, bboxes or a mask")
+from .types import PAMModelType, PAMRegionsType
 
 
 def caption_line(caption: SegmentCaption) -> str:
@@ -39,14 +35,14 @@ class PAMVideo(io.ComfyNode):
                         "and each mask is one object, all points together one more. The editor shows the first "
                         "frame of a connected Load Video (or the Load Image picture).",
             inputs=[
-                PamModel.Input("pam_model"),
+                PAMModelType.Input("pam_model"),
                 io.Image.Input("frames", tooltip="The video's frames as an IMAGE batch [T, H, W, C], e.g. Get "
                                                  "Video Components' images."),
                 editor_input(),
                 io.Int.Input("frame", default=0, min=0, max=10_000_000,
                              tooltip="The frame (0-based) the prompts are on. Objects are tracked forward from it "
                                      "and back to the start of its segment; captions start there."),
-                *text_inputs((VIDEO_TASK, *TASK_NAMES), default=VIDEO_TASK, more_tasks=False,
+                *text_inputs((VIDEO_CAPTION, *TASK_NAMES), default=VIDEO_CAPTION, more_tasks=False,
                              task_help=f"caption: the video task PAM was trained on (each segment's caption sees "
                                        f"the previous one). The image tasks work too: {IMAGE_TASKS_HELP}"),
                 io.Int.Input("window", default=0, min=0, max=10_000_000, optional=True,
@@ -55,7 +51,7 @@ class PAMVideo(io.ComfyNode):
                 io.String.Input("segments", default="", optional=True,
                                 tooltip='Caption segments as inclusive frame ranges, e.g. "0-31,32-63" (ascending; '
                                         'instead of window). Empty: the whole clip, or the window.'),
-                io.Combo.Input("carry", options=list(CARRY_MODES), default="box", optional=True,
+                io.Combo.Input("carry", options=list(CARRY_MODES), default=VideoSettings.carry, optional=True,
                                tooltip="How an object passes to the next segment: box = re-prompted with its last "
                                        "box (the reference); memory = SAM 2 keeps tracking through the whole clip."),
                 io.Float.Input("fps", default=0.0, min=0.0, max=1000.0, step=0.001, optional=True,
@@ -70,24 +66,23 @@ class PAMVideo(io.ComfyNode):
                                        "mask node."),
                 io.String.Output(display_name="captions",
                                  tooltip="One line per object and segment: object, frame range, times, caption."),
-                PamRegions.Output(display_name="regions",
-                                  tooltip="Per frame, every tracked object on its own (mask, box, scores, the "
-                                          "caption of its segment), for PAM Overlay and PAM Regions to Text / JSON "
-                                          "(where 'image' is the frame and 'index' the object)."),
+                PAMRegionsType.Output(display_name="regions",
+                                      tooltip="Per frame, every tracked object on its own (mask, box, scores, the "
+                                              "caption of its segment), for PAM Overlay and PAM Regions to Text / "
+                                              "JSON (where 'image' is the frame and 'index' the object)."),
             ],
             is_output_node=True,  # runs on its own and shows the captions on the node
         )
 
     @classmethod
     def execute(cls, pam_model, frames, prompt, frame, task, lang, instruction="", max_new_tokens=512, window=0,
-                segments="", carry="box", fps=0.0, positive_points=None, negative_points=None, bboxes=None,
-                mask=None) -> io.NodeOutput:
+                segments="", carry=VideoSettings.carry, fps=0.0, positive_points=None, negative_points=None,
+                bboxes=None, mask=None) -> io.NodeOutput:
+        [task] = requested_tasks(task, instruction)
+        settings = VideoSettings(frame=frame, task=task, lang=lang, segments=(segments or "").strip() or None,
+                                 window=window or None, carry=carry)
         regions = prompt_regions(prompt, positive_points, negative_points, bboxes, mask, frames.shape[1],
                                  frames.shape[2])
-        if not regions:
-            raise PromptError(NO_OBJECT)
-        task = chosen_task(task, instruction)
-        ranges = parse_segments(segments) if (segments or "").strip() else None
         bar = comfy.utils.ProgressBar(frames.shape[0])
 
         def progress(done: int, total: int, _message: str) -> None:  # after each tracked frame
@@ -95,10 +90,9 @@ class PAMVideo(io.ComfyNode):
             bar.update_absolute(done, total=total)
 
         with pam_model.running() as pam:
-            result = pam.describe_video(frames, regions, frame=frame, task=task, lang=lang, segments=ranges,
-                                        window=window or None, carry=carry, fps=fps or None, progress=progress,
+            result = pam.describe_video(frames, regions, settings, fps=fps or None, progress=progress,
                                         generation=GenerationSettings(max_new_tokens=max_new_tokens))
-        task_name = resolve_video_task(task, lang).name  # the name the captions carry (video_caption, free, ...)
-        found = PAMRegions.from_video(result, [r.kind for r in regions], task_name, lang)
+        # the name the captions carry: video_caption, an image task or free
+        found = PAMRegions.from_video(result, [r.kind for r in regions], settings.caption_task.name, lang)
         captions = "\n".join(caption_line(c) for c in result.captions)
         return io.NodeOutput(found.union_masks(), captions, found, ui=ui.PreviewText(captions))

@@ -147,7 +147,8 @@ def resolve_sam2(sam2: str | os.PathLike | None, config: str | os.PathLike | Non
 
     `sam2` is a `.pt`/`.safetensors` file or a Hub id (default facebook/sam2.1-hiera-large). The config is
     `config` (a yaml path or a sam2 package config name such as "sam2.1_hiera_l"), else a yaml with the
-    weights' name beside them, else the package config that pairs with the Hub repo (Hiera-L by default).
+    weights' name beside them, else the package config that pairs with the Hub repo or with the released file
+    of the same name (e.g. sam2.1_hiera_small.pt), else Hiera-L's.
     """
     ref = str(sam2) if sam2 is not None else DEFAULT_SAM2
     path = Path(ref).expanduser()
@@ -155,7 +156,8 @@ def resolve_sam2(sam2: str | os.PathLike | None, config: str | os.PathLike | Non
     if path.is_file():
         weights = path
         sibling = path.with_suffix(".yaml")
-        default_config = str(sibling) if sibling.is_file() else default_config
+        released = (name for filename, name in SAM2_HUB_FILES.values() if Path(filename).stem == path.stem)
+        default_config = str(sibling) if sibling.is_file() else next(released, default_config)
     elif ref in SAM2_HUB_FILES:
         filename, default_config = SAM2_HUB_FILES[ref]
         if local_files_only is None:

@@ -5,7 +5,8 @@ usage: python comfy_inprocess.py COMFY_DIR BASE_DIR JOBS_JSON RESULT_JSON
 JOBS_JSON: {"prompts": {name: API prompt}, "workflows": {name: UI workflow}, "max_new_tokens": N}; workflows
 are converted with the loaded node definitions and set to the fixture checkpoint. All prompts run on one
 executor (its cache keeps the loaded model). RESULT_JSON gets, per name, the prompt, validation errors,
-success, the executor's status messages and the UI outputs of every node.
+success, the executor's status messages and the UI outputs of every node; and how many models pam_core's
+model cache holds at the end.
 """
 
 import asyncio
@@ -65,6 +66,9 @@ def main(comfy_dir, base, jobs_path, result_path):
             entry.update(success=executor.success, status=executor.status_messages,
                          outputs=executor.history_result.get("outputs", {}))
         results[name] = entry
+    from pam_core.loading import MODELS
+
+    results["models_in_pam_core_cache"] = len(MODELS)
     with open(result_path, "w", encoding="utf-8") as out:
         json.dump(results, out, default=repr)
 

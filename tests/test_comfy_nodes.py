@@ -27,7 +27,7 @@ from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXA
                        FIXTURE_AUTOMASK, LATEST_FRONTEND, LONG_VIDEO, NODE_MODULES, SAM2_NAME, VIDEO_FRAMES, comfy_server,
                        get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
 from conftest import FIXTURE
-from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
+from comfy_nodes.prompts import Prompts, mask_regions, parse_boxes, parse_editor, parse_points
 from comfy_nodes.regions import PAMRegions
 from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
 from pam_core.prompts import mask_box
@@ -90,10 +90,10 @@ def test_bad_point_and_box_inputs_are_named():
 def test_masks_are_resized_to_the_image():
     mask = torch.zeros(1, 4, 4)
     mask[0, :2, :2] = 1
-    [resized] = masks_for_image(mask, 8, 8)
-    assert resized.shape == (8, 8) and resized[:4, :4].all() and resized.sum() == 16
-    [same] = masks_for_image(mask[0], 4, 4)  # [H, W] is accepted too
-    assert same.sum() == 4
+    [resized] = [region.mask for region in mask_regions(mask, 8, 8)]
+    assert resized.shape == (8, 8) and resized.dtype == bool and resized[:4, :4].all() and resized.sum() == 16
+    [same] = mask_regions(mask[0], 4, 4)  # [H, W] is accepted too
+    assert same.kind == "mask" and same.mask.sum() == 4
 
 
 def test_video_tracks_become_regions_per_frame_with_their_segment_caption():
@@ -170,6 +170,10 @@ JOBS = {
         "video_no_prompt": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "prompt": ""})}),
         "video_frame_outside": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "frame": VIDEO_FRAMES})}),
         "video_bad_segments": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "segments": "0:2"})}),
+        "unknown_more_task": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": PROMPT,
+                                            "task": "brief", **TEXT, "more_tasks": "category, sorting"})}),
         "no_prompt": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
                "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": "",
@@ -194,9 +198,10 @@ def engine(tmp_path_factory):
     base = make_base(tmp_path_factory.mktemp("comfy-inprocess"))
     jobs, result = base / "jobs.json", base / "result.json"
     jobs.write_text(json.dumps(JOBS))
+    settings = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PAM_MODEL_CACHE_SIZE": "1"}
     run = subprocess.run([sys.executable, str(Path(__file__).with_name("comfy_inprocess.py")), str(COMFY_DIR),
                           str(base), str(jobs), str(result)], capture_output=True, text=True, timeout=1200,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+                         env={**os.environ, **settings})
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(result.read_text()), base
 
@@ -229,6 +234,8 @@ def saved_images(base: Path, ui_output: dict) -> list[np.ndarray]:
 def test_pack_loads_every_node(engine):
     results, _ = engine
     assert results["loaded_pam_nodes"] == PAM_NODES
+    # the loaders load through pam_core.load_pam: of the two checkpoints the jobs use, the cache keeps the last
+    assert results["models_in_pam_core_cache"] == 1
 
 
 @needs_comfyui
@@ -298,6 +305,8 @@ def test_errors_say_what_to_do(engine):
     assert str(base / "models" / "pam") in message and str(base / "models" / "sam2") in message
     offline = execution_error(results["download_while_offline"])["exception_message"]
     assert "downloads are disabled (HF_HUB_OFFLINE=1" in offline  # the switch never overrides HF_HUB_OFFLINE
+    unknown = execution_error(results["unknown_more_task"])
+    assert unknown["node_type"] == "PAMSegmentDescribe" and "unknown task 'sorting'" in unknown["exception_message"]
 
 
 def caption_lines(result) -> str:
@@ -356,7 +365,7 @@ def test_video_masks_and_regions_match_pam_core(engine, pam):
 
 @needs_comfyui
 @pytest.mark.parametrize("job, message", [
-    ("video_no_prompt", "no object to track: click on the frame"),
+    ("video_no_prompt", "give at least one object prompt (a box, points or a mask)"),
     ("video_frame_outside", f"prompt frame {VIDEO_FRAMES} is not a frame of the video (0-{VIDEO_FRAMES - 1})"),
     ("video_bad_segments", "segment '0:2' must look like START-END"),
 ])

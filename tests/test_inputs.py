@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from pam_core import PAM, GenerationSettings, Region
+from pam_core.checkpoint import resolve_sam2, sam2_config_path
 from pam_core.io import load_image, load_mask
 from pam_core.tasks import parse_output, resolve_task
 
@@ -206,6 +207,17 @@ def test_mask_forms_load_as_the_same_bool_mask(tmp_path):
                    mask[None], tmp_path / "mask.png", Image.open(tmp_path / "mask.png")):
         loaded = load_mask(source)
         assert loaded.dtype == bool and np.array_equal(loaded, mask)
+
+
+@pytest.mark.parametrize("filename, config", [("sam2.1_hiera_small.pt", "sam2.1_hiera_s.yaml"),
+                                              ("sam2.1_hiera_base_plus.safetensors", "sam2.1_hiera_b+.yaml"),
+                                              ("my_sam2.pt", "sam2.1_hiera_l.yaml")])
+def test_sam2_weights_file_gets_the_config_of_its_released_name(tmp_path, filename, config):
+    weights = tmp_path / filename
+    weights.touch()
+    assert resolve_sam2(weights) == (weights, sam2_config_path(config))
+    weights.with_suffix(".yaml").touch()  # a yaml beside the weights wins
+    assert resolve_sam2(weights) == (weights, weights.with_suffix(".yaml"))
 
 
 @needs_fixture
