@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +34,8 @@ class ModelSource:
     sam2_config: Optional[str] = None
     device: str = "auto"
     dtype: Optional[str] = None
-    local_files_only: Optional[bool] = None
+    # Not part of the identity: weights already loaded are the same weights whether downloads were allowed.
+    local_files_only: Optional[bool] = field(default=None, compare=False)
 
     def __post_init__(self):
         # Paths, torch devices and dtypes compare by their text, so equal settings share one cache entry.
