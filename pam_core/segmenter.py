@@ -4,6 +4,10 @@ The reference forks SAM 2 to return `mid_image_embed` (image tokens after the ma
 transformer) and the mask tokens. Here the same values are captured from the unmodified package with a
 forward hook and a wrapper around `MaskDecoder.predict_masks`, and every step follows SAM 2's own code
 path for an initial conditioning frame (what the reference runs for a still image).
+
+That path runs through private members of sam2 (no public API exposes them), listed in `SAM2_PRIVATE_API`.
+They are pinned to the sam2 minor version tested (pyproject.toml, requirements.txt), and
+tests/test_sam2_api.py fails naming the member if a sam2 release moves one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ PAM_SAM2_OVERRIDES = {
     "model.binarize_mask_from_pts_for_mem_enc": True,
     "model.fill_hole_area": 0,
 }
+
+SAM2_TESTED_VERSION = "1.1.0"
+# (class, member, the parameters pam_core passes it by name): the private sam2 API pam_core calls, and
+# `MaskDecoder.predict_masks`, which `SAM2Segmenter.tap_decoder` replaces on the instance for one call.
+SAM2_PRIVATE_API = (
+    ("sam2.modeling.sam2_base.SAM2Base", "_prepare_backbone_features", ("backbone_out",)),
+    ("sam2.modeling.sam2_base.SAM2Base", "_prepare_memory_conditioned_features",
+     ("frame_idx", "is_init_cond_frame", "current_vision_feats", "current_vision_pos_embeds", "feat_sizes",
+      "output_dict", "num_frames")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_use_mask_as_output",
+     ("backbone_features", "high_res_features", "mask_inputs")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_forward_sam_heads",
+     ("backbone_features", "point_inputs", "high_res_features", "multimask_output")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_encode_new_memory",
+     ("current_vision_feats", "feat_sizes", "pred_masks_high_res", "object_score_logits", "is_mask_from_pts")),
+    ("sam2.modeling.sam.mask_decoder.MaskDecoder", "_get_stability_scores", ("mask_logits",)),
+    ("sam2.modeling.sam.mask_decoder.MaskDecoder", "predict_masks", ()),
+)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
