@@ -108,7 +108,7 @@ class _ObjectTrack:
 
     def caption(self, generate: Generate, task: Task, generation: GenerationSettings,
                 end_time: Optional[float]) -> SegmentCaption:
-        """Caption the finished clip, with the previous caption as history, and start collecting the next."""
+        """Caption the clip that ended, with the previous caption as history (the clip is done with)."""
         clip, self.clip = self.clip, None
         asked = task.with_history(self.history)
         gen = generate(asked, clip.visual_embeds(), generation)
