@@ -150,7 +150,9 @@ def _image_case(pam: PAM, fixture: Path, case: dict, add) -> None:
 
 def _video_case(pam: PAM, fixture: Path, case: dict, add) -> None:
     """The reference's video path: prompt on frame 0, SAM 2 propagation over every frame, 16 LLM frames."""
-    from .video import ClipEmbeds, ObjectTracker, encode_frame, open_video, video_mask_logits
+    from .video import open_video
+    from .video.pipeline import ClipEmbeds
+    from .video.tracker import ObjectTracker, encode_frame, video_mask_logits
 
     name = case["name"]
     folder = fixture / "cases" / name

@@ -4,6 +4,10 @@ The reference forks SAM 2 to return `mid_image_embed` (image tokens after the ma
 transformer) and the mask tokens. Here the same values are captured from the unmodified package with a
 forward hook and a wrapper around `MaskDecoder.predict_masks`, and every step follows SAM 2's own code
 path for an initial conditioning frame (what the reference runs for a still image).
+
+That path runs through private members of sam2 (no public API exposes them), listed in `SAM2_PRIVATE_API`.
+They are pinned to the sam2 minor version tested (pyproject.toml, requirements.txt), and
+tests/test_sam2_api.py fails naming the member if a sam2 release moves one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ PAM_SAM2_OVERRIDES = {
     "model.binarize_mask_from_pts_for_mem_enc": True,
     "model.fill_hole_area": 0,
 }
+
+SAM2_TESTED_VERSION = "1.1.0"
+# (class, member, the parameters pam_core passes it by name): the private sam2 API pam_core calls, and
+# `MaskDecoder.predict_masks`, which `SAM2Segmenter.tap_decoder` replaces on the instance for one call.
+SAM2_PRIVATE_API = (
+    ("sam2.modeling.sam2_base.SAM2Base", "_prepare_backbone_features", ("backbone_out",)),
+    ("sam2.modeling.sam2_base.SAM2Base", "_prepare_memory_conditioned_features",
+     ("frame_idx", "is_init_cond_frame", "current_vision_feats", "current_vision_pos_embeds", "feat_sizes",
+      "output_dict", "num_frames")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_use_mask_as_output",
+     ("backbone_features", "high_res_features", "mask_inputs")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_forward_sam_heads",
+     ("backbone_features", "point_inputs", "high_res_features", "multimask_output")),
+    ("sam2.modeling.sam2_base.SAM2Base", "_encode_new_memory",
+     ("current_vision_feats", "feat_sizes", "pred_masks_high_res", "object_score_logits", "is_mask_from_pts")),
+    ("sam2.modeling.sam.mask_decoder.MaskDecoder", "_get_stability_scores", ("mask_logits",)),
+    ("sam2.modeling.sam.mask_decoder.MaskDecoder", "predict_masks", ()),
+)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
@@ -115,10 +137,17 @@ class SAM2Segmenter:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
+    def backbone_features(self, image: Image.Image) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
+        """The image encoder's output as SAM 2's tracking steps read it: per feature level (high resolution
+        first), the flattened features, their positional encodings and their (height, width)."""
+        backbone_out = self.model.forward_image(preprocess(image, self.image_size).to(self.device))
+        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out=backbone_out)
+        return feats, pos, sizes
+
+    @torch.inference_mode()
     def encode(self, image: Image.Image) -> ImageFeatures:
         sam = self.model
-        backbone_out = sam.forward_image(preprocess(image, self.image_size).to(self.device))
-        _, feats, pos, sizes = sam._prepare_backbone_features(backbone_out)
+        feats, pos, sizes = self.backbone_features(image)
         image_embed = sam._prepare_memory_conditioned_features(
             frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats[-1:],
             current_vision_pos_embeds=pos[-1:], feat_sizes=sizes[-1:],
@@ -140,10 +169,11 @@ class SAM2Segmenter:
         count = len(masks) if masks is not None else point_inputs["point_coords"].shape[0]
         image_embed = features.image_embed.expand(count, -1, -1, -1)
         high_res = [x.expand(count, -1, -1, -1) for x in features.high_res]
-        with self._tap_decoder() as tap:
+        with self.tap_decoder() as tap:
             if masks is not None:
-                mask_input = torch.cat([self._mask_input(m) for m in masks])
-                low_res, _, ious, *_, object_score = sam._use_mask_as_output(image_embed, high_res, mask_input)
+                low_res, _, ious, *_, object_score = sam._use_mask_as_output(
+                    backbone_features=image_embed, high_res_features=high_res,
+                    mask_inputs=torch.cat([self.mask_input(m) for m in masks]))
             else:
                 point_inputs = {k: v.to(self.device) for k, v in point_inputs.items()}
                 _, _, ious, low_res, _, _, object_score = sam._forward_sam_heads(
@@ -184,7 +214,7 @@ class SAM2Segmenter:
             high_res_features=[x.expand(count, -1, -1, -1) for x in features.high_res])
         return low_res.float(), ious.float()
 
-    def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
+    def mask_input(self, mask: np.ndarray) -> torch.Tensor:
         """The mask at SAM's square input size, as SAM 2's `add_new_mask` resizes it."""
         size = self.image_size
         m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(self.device)
@@ -194,8 +224,9 @@ class SAM2Segmenter:
         return m
 
     @contextlib.contextmanager
-    def _tap_decoder(self):
-        """Capture the mask decoder's 4 masks, 4 IoUs, 4 mask tokens and its post-transformer image tokens."""
+    def tap_decoder(self):
+        """Capture the mask decoder's 4 masks, 4 IoUs, 4 mask tokens and its post-transformer image tokens
+        from the decoder calls inside the block (SAM 2's own steps run unchanged around it)."""
         decoder = self.model.sam_mask_decoder
         captured: dict[str, torch.Tensor] = {}
         original = decoder.predict_masks
@@ -223,7 +254,7 @@ class SAM2Segmenter:
 def llm_mask_tokens(decoder: torch.nn.Module, captured: dict[str, torch.Tensor]):
     """What the PAM fork hands the Perceiver from one tapped decoder call: [stability-selected token, token 0]
     (B, 2, 256), plus token 0's stability (B,) and the selected decoder token (B,) (fixture README 4.1)."""
-    stability = decoder._get_stability_scores(captured["masks"][:, 0:1])[:, 0]
+    stability = decoder._get_stability_scores(mask_logits=captured["masks"][:, 0:1])[:, 0]
     is_stable = stability >= decoder.dynamic_multimask_stability_thresh
     best_multimask = torch.argmax(captured["ious"][:, 1:], dim=-1) + 1
     selected = torch.where(is_stable, torch.zeros_like(best_multimask), best_multimask)
