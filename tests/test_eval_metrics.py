@@ -171,3 +171,40 @@ def test_caption_scores_reject_mismatched_inputs():
         caption_scores({"a": ["x"]}, {"b": "x"})
     with pytest.raises(EvalError, match="without reference"):
         caption_scores({"a": []}, {"a": "x"})
+
+
+# --- whitespace -----------------------------------------------------------------------------------------
+# Every character Java's PTB tokenizer takes for a line end, and NEL, which it does not but str.split() does.
+LINE_BREAKS = ["\r\n", "\r", "\n", "\u2028", "\u2029", "\v", "\f", "\x85"]
+
+
+@needs_java
+@pytest.mark.host
+def test_a_line_break_in_a_prediction_does_not_shift_the_next_region():
+    refs = {"a": ["a man riding a horse"], "b": ["a dog runs in the park"]}
+    _, per_region = caption_scores(refs, {"a": "a man\r\nriding a horse", "b": "a dog runs in the park"})
+    assert per_region["b"]["bleu1"] == pytest.approx(1.0, abs=1e-6)  # was 0.12: scored against "riding a horse"
+    assert per_region["b"]["cider"] == pytest.approx(10.0)  # was 0
+    assert per_region["a"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
+
+
+@needs_java
+@pytest.mark.host
+def test_every_line_break_in_predictions_and_references_scores_as_a_space():
+    refs, preds = {}, {}
+    for i, mark in enumerate(LINE_BREAKS):  # one region with the break in its prediction, one in its reference
+        refs[f"p{i}"], preds[f"p{i}"] = [f"a dog number {i} runs"], f"a dog{mark}number {i} runs"
+        refs[f"r{i}"], preds[f"r{i}"] = [f"the cat{mark}number {i} sleeps"], f"the cat number {i} sleeps"
+    spaced = {key: [" ".join(r.split()) for r in value] for key, value in refs.items()}
+    corpus, per_region = caption_scores(refs, preds)
+    corpus_spaced, per_region_spaced = caption_scores(spaced, {k: " ".join(v.split()) for k, v in preds.items()})
+    assert per_region == per_region_spaced and corpus == corpus_spaced
+    assert all(row["bleu4"] == pytest.approx(1.0, abs=1e-6) for row in per_region.values())
+
+
+def test_line_breaks_do_not_change_recognition_scores(embedder):
+    broken = recognition_scores([f"red{mark}car" for mark in LINE_BREAKS],
+                                [f"sports{mark}car" for mark in LINE_BREAKS], embedder)
+    spaced = recognition_scores(["red car"] * len(LINE_BREAKS), ["sports car"] * len(LINE_BREAKS), embedder)
+    assert broken == spaced
+

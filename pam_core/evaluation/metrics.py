@@ -7,6 +7,8 @@ all-MiniLM-L6-v2 sentence embeddings, semantic IoU the Jaccard index of their lo
 Captions (RefCOCOg, Visual Genome, streaming events): pycocoevalcap's PTB tokenizer, then BLEU-1..4,
 METEOR 1.5, ROUGE-L and CIDEr-D, exactly the scorers `COCOEvalCap.evaluate` calls (SPICE is left out: it
 downloads Stanford CoreNLP at run time). The tokenizer and METEOR run Java.
+
+Every text is whitespace-normalised first (`normalize_whitespace`), see docs/evaluation-rules.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ log = logging.getLogger(__name__)
 
 class EvalError(PAMError):
     """An evaluation input, dependency or output is unusable; the message says which and why."""
+
+
+def normalize_whitespace(text: str) -> str:
+    """Every run of Unicode whitespace as one space. The Java PTB tokenizer reads one caption per line and
+    treats \\r, \\v, \\f, U+2028 and U+2029 as line ends, so one of them inside a caption would pair every
+    later region with another region's text."""
+    return " ".join(text.split())
 
 
 def clean_prediction(text: str) -> str:
@@ -96,8 +105,8 @@ class SentenceEmbedder:
 def recognition_scores(predictions: Sequence[str], categories: Sequence[str],
                        embedder: SentenceEmbedder) -> list[dict[str, float]]:
     """Per-region semantic similarity and semantic IoU, prediction i against category i."""
-    cleaned = [clean_prediction(p) for p in predictions]
-    names = [clean_category(c) for c in categories]
+    cleaned = [clean_prediction(normalize_whitespace(p)) for p in predictions]
+    names = [clean_category(normalize_whitespace(c)) for c in categories]
     sims = embedder.similarities(cleaned, names)
     return [{"semantic_similarity": float(s), "semantic_iou": semantic_iou(p, c)}
             for s, p, c in zip(sims, cleaned, names)]
@@ -109,6 +118,15 @@ def require_java() -> str:
         raise EvalError("caption metrics need Java (pycocoevalcap's PTB tokenizer and METEOR run it): install a "
                         "JRE, e.g. `apt-get install default-jre-headless`")
     return java
+
+
+def tokenize_captions(captions: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:
+    """Whitespace-normalised captions as space-separated tokens of the PTB tokenizer (lower case, punctuation
+    dropped)."""
+    captions = {key: [normalize_whitespace(text) for text in texts] for key, texts in captions.items()}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({key: [{"caption": text} for text in texts] for key, texts in captions.items()})
 
 
 def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
@@ -131,15 +149,13 @@ def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.meteor.meteor import Meteor
         from pycocoevalcap.rouge.rouge import Rouge
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as exc:
         raise EvalError("caption metrics need pycocoevalcap: pip install 'pam-suite[eval]'") from exc
 
     keys = list(references)
     index = {key: i for i, key in enumerate(keys)}  # pycocoevalcap wants sortable, tokenizer-safe ids
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({index[k]: [{"caption": r} for r in references[k]] for k in keys})
-    res = tokenizer.tokenize({index[k]: [{"caption": predictions[k]}] for k in keys})
+    gts = tokenize_captions({index[k]: references[k] for k in keys})
+    res = tokenize_captions({index[k]: [predictions[k]] for k in keys})
     corpus: dict[str, float] = {}
     per_region: dict[str, dict[str, float]] = {k: {} for k in keys}
 
@@ -166,5 +182,5 @@ def mean(values: Sequence[float]) -> float:
 
 
 __all__ = ["CAPTION_METRICS", "DEFAULT_TASKS", "RECOGNITION_METRICS", "EvalError", "SentenceEmbedder",
-           "caption_scores", "clean_category", "clean_prediction", "recognition_scores", "semantic_iou", "mean",
-           "require_java"]
+           "caption_scores", "clean_category", "clean_prediction", "normalize_whitespace",
+           "recognition_scores", "semantic_iou", "mean", "require_java", "tokenize_captions"]
