@@ -249,6 +249,20 @@ def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, caps
     assert scores["V_demo/2"]["rouge_l"] == pytest.approx(5 / 6)
 
 
+@needs_java
+@pytest.mark.host
+def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"id": "same", "image": "a.png", "refs": ["一只狗在公园里跑"], "prediction": "一只狗在公园里跑。"},
+            {"id": "other", "image": "a.png", "refs": ["一个红苹果"], "prediction": "一个红房子"}]
+    path = _write_jsonl(tmp_path / "zh.jsonl", rows)
+    proc = _main(capsys, "eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    scores = {row["id"]: row for row in _lines(tmp_path / "out" / "scores.jsonl")}
+    assert scores["same"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["other"]["bleu1"] == pytest.approx(3 / 5, abs=1e-6)  # 一 个 红 of five characters
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"image": "a.png", "region": {"box": [0, 0, 5, 5]}}\n', "line 1 (id 1): 'refs' must be"),
     ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\nnot json\n', "line 2: not valid JSON"),

@@ -6,7 +6,9 @@ all-MiniLM-L6-v2 sentence embeddings, semantic IoU the Jaccard index of their lo
 
 Captions (RefCOCOg, Visual Genome, streaming events): pycocoevalcap's PTB tokenizer, then BLEU-1..4,
 METEOR 1.5, ROUGE-L and CIDEr-D, exactly the scorers `COCOEvalCap.evaluate` calls (SPICE is left out: it
-downloads Stanford CoreNLP at run time). The tokenizer and METEOR run Java.
+downloads Stanford CoreNLP at run time). The tokenizer and METEOR run Java. Chinese captions (`lang="zh"`)
+are split into characters here instead (`chinese_tokens`), since the PTB tokenizer keeps an unspaced run
+of ideographs as one token.
 
 Every text is whitespace-normalised first (`normalize_whitespace`), see docs/evaluation-rules.md.
 """
@@ -14,7 +16,9 @@ Every text is whitespace-normalised first (`normalize_whitespace`), see docs/eva
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import unicodedata
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -38,6 +42,20 @@ def normalize_whitespace(text: str) -> str:
     treats \\r, \\v, \\f, U+2028 and U+2029 as line ends, so one of them inside a caption would pair every
     later region with another region's text."""
     return " ".join(text.split())
+
+
+# Scripts written without spaces between words, each letter a token: hangul jamo, kana, CJK ideographs
+# (unified, extensions A-G, compatibility), hangul syllables. Punctuation in these blocks is not \w.
+_CJK = ("\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"
+        "\uf900-\ufaff\U00020000-\U0003134f")
+_CHINESE_TOKEN = re.compile(f"(?=\\w)[{_CJK}]|[^\\W{_CJK}]+")
+
+
+def chinese_tokens(text: str) -> list[str]:
+    """Tokens of a Chinese (or mixed) caption: one per CJK character, other letters and digits as lower-cased
+    words; punctuation and symbols (CJK and fullwidth ones too) are dropped, as the PTB tokenizer's output
+    loses punctuation. NFKC folds fullwidth latin letters and digits and halfwidth kana first."""
+    return _CHINESE_TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
 
 
 def clean_prediction(text: str) -> str:
@@ -120,22 +138,26 @@ def require_java() -> str:
     return java
 
 
-def tokenize_captions(captions: Mapping[int, Sequence[str]]) -> dict[int, list[str]]:
-    """Whitespace-normalised captions as space-separated tokens of the PTB tokenizer (lower case, punctuation
-    dropped)."""
+def tokenize_captions(captions: Mapping[int, Sequence[str]], lang: str = "en") -> dict[int, list[str]]:
+    """Whitespace-normalised captions as space-separated tokens: the PTB tokenizer (lower case, punctuation
+    dropped) for English, `chinese_tokens` for Chinese."""
     captions = {key: [normalize_whitespace(text) for text in texts] for key, texts in captions.items()}
+    if lang == "zh":
+        return {key: [" ".join(chinese_tokens(text)) for text in texts] for key, texts in captions.items()}
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     return PTBTokenizer().tokenize({key: [{"caption": text} for text in texts] for key, texts in captions.items()})
 
 
-def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str]
+def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping[str, str], lang: str = "en"
                    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Corpus scores (as `COCOEvalCap` reports them) and per-region scores, keyed like the inputs.
 
     CIDEr's document frequencies come from the references of exactly this set, so its value depends on
     which regions are scored together (as in the protocol).
     """
+    if lang not in ("en", "zh"):
+        raise EvalError(f"caption metrics know English (en) and Chinese (zh), not {lang!r}")
     if set(references) != set(predictions):
         raise EvalError("caption scoring needs one prediction for every region with references")
     if not references:
@@ -154,8 +176,8 @@ def caption_scores(references: Mapping[str, Sequence[str]], predictions: Mapping
 
     keys = list(references)
     index = {key: i for i, key in enumerate(keys)}  # pycocoevalcap wants sortable, tokenizer-safe ids
-    gts = tokenize_captions({index[k]: references[k] for k in keys})
-    res = tokenize_captions({index[k]: [predictions[k]] for k in keys})
+    gts = tokenize_captions({index[k]: references[k] for k in keys}, lang)
+    res = tokenize_captions({index[k]: [predictions[k]] for k in keys}, lang)
     corpus: dict[str, float] = {}
     per_region: dict[str, dict[str, float]] = {k: {} for k in keys}
 
@@ -182,5 +204,5 @@ def mean(values: Sequence[float]) -> float:
 
 
 __all__ = ["CAPTION_METRICS", "DEFAULT_TASKS", "RECOGNITION_METRICS", "EvalError", "SentenceEmbedder",
-           "caption_scores", "clean_category", "clean_prediction", "normalize_whitespace",
+           "caption_scores", "chinese_tokens", "clean_category", "clean_prediction", "normalize_whitespace",
            "recognition_scores", "semantic_iou", "mean", "require_java", "tokenize_captions"]

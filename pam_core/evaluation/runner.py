@@ -143,8 +143,8 @@ def _run_pam(records, prompts: dict, run: EvalRun, pam, batch: int, append, show
 
 
 def score(kind: str, records: Sequence[Annotation], predictions: dict[str, dict],
-          embedder: Optional[SentenceEmbedder] = None) -> tuple[dict, dict[str, dict]]:
-    """Aggregate metrics and per-region scores of `records` against their predictions."""
+          embedder: Optional[SentenceEmbedder] = None, lang: str = "en") -> tuple[dict, dict[str, dict]]:
+    """Aggregate metrics and per-region scores of `records` against their predictions (captions in `lang`)."""
     missing = [r.id for r in records if r.id not in predictions]
     if missing:
         raise EvalError(f"{len(missing)} region(s) have no prediction, e.g. {missing[0]}")
@@ -157,7 +157,7 @@ def score(kind: str, records: Sequence[Annotation], predictions: dict[str, dict]
         metrics = {name: mean([row[name] for row in rows]) for name in RECOGNITION_METRICS}
         metrics["embedder"] = embedder.source
     elif kind == "caption":
-        metrics, per_region = caption_scores({r.id: r.refs for r in records}, texts)
+        metrics, per_region = caption_scores({r.id: r.refs for r in records}, texts, lang)
     else:
         raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(DEFAULT_TASKS)}")
     metrics["regions"] = len(records)
