@@ -32,6 +32,7 @@ from .errors import ImageError, PromptError, TaskError, VideoError
 from .io import ImageLike, load_image
 from .model import PAMModel
 from .prompts import Box, Region, RegionLike, as_region, mask_box
+from .rle import mask_to_rle, rle_to_mask
 from .segmenter import SAM2Segmenter, Segmentation, llm_mask_tokens, preprocess
 from .tasks import Task, resolve_task, video_caption_task
 
@@ -336,24 +337,6 @@ class ClipEmbeds:
 
 
 # ---------------------------------------------------------------------------------------------- results
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE (column-major runs, starting with background), as pycocotools/FiftyOne read it."""
-    mask = np.asarray(mask, dtype=bool)
-    flat = mask.ravel(order="F")
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    height, width = rle["size"]
-    values = np.zeros(len(rle["counts"]), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, rle["counts"]).reshape((height, width), order="F")
-
 
 @dataclass
 class VideoPrompt:

@@ -290,7 +290,7 @@ def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
     ('{"refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "exactly one of 'image'"),
     ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "colour": 1}\n', "unknown keys ['colour']"),
     ('{"id": 7, "image": "a.png", "refs": ["x"], "region": {"box": [1, 2]}}\n', "annotation 7: a box needs 4 numbers"),
-    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "annotation m: the mask is not a COCO RLE"),
+    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "line 1 (id m): the mask is not a valid COCO RLE"),
     ('{"image": "missing.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "image file not found"),
     ('\n', "holds no annotations"),
 ])
