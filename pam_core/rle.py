@@ -15,6 +15,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from .errors import PromptError
+from .io import PIXEL_LIMIT_ENV, max_image_pixels
 
 _MAX_RUN = 2**32 - 1  # pycocotools keeps runs as uint32
 
@@ -66,7 +67,12 @@ def _size(size) -> tuple[int, int]:
     if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in size)):
         raise PromptError(f"a mask size must be two positive integers [height, width], got {size!r}")
-    return int(size[0]), int(size[1])
+    height, width = int(size[0]), int(size[1])
+    limit = max_image_pixels()
+    if limit is not None and height * width > limit:
+        raise PromptError(f"a {height}x{width} mask has more than {limit} pixels, the limit for images and masks; "
+                          f"set {PIXEL_LIMIT_ENV} to a larger number of pixels, or to 'none', to decode it")
+    return height, width
 
 
 def _string_counts(counts: str | bytes) -> np.ndarray:
