@@ -123,7 +123,12 @@ def load_mask(source: Union[str, os.PathLike, np.ndarray, torch.Tensor, Image.Im
         source = np.asarray(source.convert("L"))
     elif isinstance(source, torch.Tensor):
         source = source.detach().cpu().float().numpy()
-    mask = np.asarray(source)
+    try:
+        mask = np.asarray(source)
+    except ValueError:  # nested lists of different lengths
+        raise PromptError("a mask must be a rectangular array (HxW), got rows of different lengths") from None
+    if mask.dtype.kind not in "biuf":
+        raise PromptError(f"a mask must hold booleans or numbers, got {mask.dtype} values")
     mask = np.squeeze(mask) if mask.ndim > 2 else mask
     if mask.ndim != 2:
         raise PromptError(f"a mask must be 2-D (HxW), got shape {np.asarray(source).shape}")

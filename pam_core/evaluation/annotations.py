@@ -119,7 +119,7 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
         raise EvalError(f"annotation file not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
     records, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # bytes that are not UTF-8: see below
         for number, line in enumerate(fh, 1):
             if limit is not None and len(records) >= limit:
                 break
@@ -127,8 +127,12 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
                 continue
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+                json.dumps(data, ensure_ascii=False).encode("utf-8")  # what predictions.jsonl will have to write
+            except UnicodeEncodeError:
+                raise EvalError(f"{path}, line {number}: not valid UTF-8 (undecodable bytes, or a lone surrogate "
+                                "escape such as \\ud800)") from None
+            except (ValueError, RecursionError) as exc:  # also digits beyond int's limit, and absurd nesting
+                raise EvalError(f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
             record = _parse(data, number, root)
             if record.id in seen:
                 raise EvalError(f"{path}, line {number}: duplicate id {record.id!r}")
