@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
-from .errors import ImageError, PromptError
+from .errors import ImageError, PAMError, PromptError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+PIXEL_LIMIT_ENV = "PAM_MAX_IMAGE_PIXELS"
+T = TypeVar("T")
 
 
 def load_image(source: ImageLike) -> Image.Image:
@@ -22,9 +25,10 @@ def load_image(source: ImageLike) -> Image.Image:
 
     Accepted: RGB, RGBA (alpha dropped, as the reference's `.convert("RGB")`), grayscale, palette,
     16-bit (scaled to 8 bit), float arrays in [0, 1]; arrays HxW, HxWxC, tensors HxWxC or CxHxW.
+    An EXIF orientation is not applied, as in the reference (`Image.open(...).convert("RGB")`).
     """
     if isinstance(source, (str, os.PathLike)):
-        return _open_path(Path(source))
+        return _decode_file(Path(source), "image", ImageError, _pil_to_rgb)
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source)
     if isinstance(source, torch.Tensor):
@@ -34,15 +38,39 @@ def load_image(source: ImageLike) -> Image.Image:
     raise ImageError(f"unsupported image type {type(source).__name__}; pass a path, PIL image, numpy array or tensor")
 
 
-def _open_path(path: Path) -> Image.Image:
+def max_image_pixels() -> Optional[int]:
+    """The most pixels an image or mask may have: $PAM_MAX_IMAGE_PIXELS (an integer, or "none" for no limit),
+    else Pillow's `Image.MAX_IMAGE_PIXELS`. A guard against decompression bombs: a small file whose header
+    declares a huge image. When set, the variable also becomes Pillow's limit, which its decoders check."""
+    raw = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if raw:
+        try:
+            limit = None if raw.lower() == "none" else int(raw)
+        except ValueError:
+            limit = 0
+        if limit is not None and limit < 1:
+            raise ImageError(f"{PIXEL_LIMIT_ENV} must be a positive number of pixels or 'none', got {raw!r}")
+        Image.MAX_IMAGE_PIXELS = limit
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _decode_file(path: Path, what: str, error: type[PAMError], convert: Callable[[Image.Image], T]) -> T:
+    """The image file at `path` decoded by Pillow and `convert`ed; every way the file can fail raises `error`."""
     if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+        raise error(f"{what} file not found: {path}")
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here and not halfway through a run
-            return _pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image {path}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit is refused, not warned
+            with Image.open(path) as img:
+                img.load()  # decode now, so a truncated file fails here and not halfway through a run
+                return convert(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise error(f"{what} {path} has more than {limit} pixels, the limit that guards against decompression "
+                    f"bombs; set {PIXEL_LIMIT_ENV} to a larger number of pixels, or to 'none', to open it") from exc
+    except Exception as exc:  # Pillow's decoders raise nearly any type on hostile files (fuzzing found OSError,
+        # ValueError, SyntaxError, RuntimeError, NotImplementedError, AttributeError, ...)
+        raise error(f"cannot read {what} {path}: {exc}") from exc
 
 
 def _pil_to_rgb(img: Image.Image) -> Image.Image:
@@ -90,24 +118,25 @@ def _array_to_uint8_rgb(array: np.ndarray) -> np.ndarray:
 def load_mask(source: Union[str, os.PathLike, np.ndarray, torch.Tensor, Image.Image]) -> np.ndarray:
     """A boolean HxW mask from a PNG path (any non-zero pixel is inside), array or tensor."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise PromptError(f"mask file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                source = np.asarray(img.convert("L") if img.mode not in ("1", "L", "I;16", "I") else img)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise PromptError(f"cannot read mask {path}: {exc}") from exc
+        source = _decode_file(Path(source), "mask", PromptError, _mask_values)
     elif isinstance(source, Image.Image):
         source = np.asarray(source.convert("L"))
     elif isinstance(source, torch.Tensor):
         source = source.detach().cpu().float().numpy()
-    mask = np.asarray(source)
+    try:
+        mask = np.asarray(source)
+    except ValueError:  # nested lists of different lengths
+        raise PromptError("a mask must be a rectangular array (HxW), got rows of different lengths") from None
+    if mask.dtype.kind not in "biuf":
+        raise PromptError(f"a mask must hold booleans or numbers, got {mask.dtype} values")
     mask = np.squeeze(mask) if mask.ndim > 2 else mask
     if mask.ndim != 2:
         raise PromptError(f"a mask must be 2-D (HxW), got shape {np.asarray(source).shape}")
     return mask > (0.5 if np.issubdtype(mask.dtype, np.floating) else 0)
+
+
+def _mask_values(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("L") if img.mode not in ("1", "L", "I;16", "I") else img)
 
 
 def mask_to_png(mask: np.ndarray) -> Image.Image:

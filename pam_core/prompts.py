@@ -33,9 +33,15 @@ class Region:
 
     @classmethod
     def from_points(cls, points: Sequence[Sequence[float]], labels: Optional[Sequence[int]] = None) -> "Region":
-        pts = tuple(_as_point(p) for p in points)
-        labs = tuple(int(v) for v in labels) if labels is not None else tuple(1 for _ in pts)
-        return cls(points=pts, labels=labs)
+        pts = _numbers(points, "points")
+        if pts.ndim == 0 or pts.size != 2 * len(pts):
+            raise PromptError(f"points must be a list of x,y pairs, got {_shown(points)}")
+        if not np.isfinite(pts).all():
+            raise PromptError(f"points have non-finite values: {pts.reshape(-1, 2).tolist()}")
+        labs = _numbers(labels, "point labels").reshape(-1) if labels is not None else np.ones(len(pts))
+        if not np.isin(labs, (0, 1)).all():
+            raise PromptError(f"point labels must be 1 (positive) or 0 (negative), got {labs.tolist()}")
+        return cls(points=tuple(map(tuple, pts.reshape(-1, 2).tolist())), labels=tuple(int(v) for v in labs))
 
     @classmethod
     def from_mask(cls, mask) -> "Region":
@@ -107,7 +113,7 @@ def as_region(region: RegionLike) -> Region:
 
 
 def _as_box(box: Sequence[float]) -> Box:
-    values = [float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)]
+    values = _numbers(box, "a box").reshape(-1).tolist()
     if len(values) != 4:
         raise PromptError(f"a box needs 4 numbers x0,y0,x1,y1, got {len(values)}")
     if not all(np.isfinite(values)):
@@ -115,11 +121,17 @@ def _as_box(box: Sequence[float]) -> Box:
     return tuple(values)  # type: ignore[return-value]
 
 
-def _as_point(point: Sequence[float]) -> tuple[float, float]:
-    values = np.asarray(point, dtype=np.float64).reshape(-1)
-    if values.size != 2 or not np.isfinite(values).all():
-        raise PromptError(f"a point needs 2 finite numbers x,y, got {list(values)}")
-    return float(values[0]), float(values[1])
+def _numbers(value, what: str) -> np.ndarray:
+    """`value` (nested lists of numbers, an array) as float64, or a PromptError saying what it should be."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise PromptError(f"{what} must be numbers (nested lists of equal length), got {_shown(value)}") from None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _clipped_box(box: Box, width: int, height: int) -> Box:

@@ -183,6 +183,27 @@ def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run,
     assert "definition" in _lines(tmp_path / "predictions.jsonl")[0]
 
 
+def test_other_predictions_into_a_used_out_are_refused_not_replaced(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"id": f"r{i}", "image": "a.png", "refs": ["dog"]} for i in range(2)]
+    first = _write_jsonl(tmp_path / "A.jsonl", [{**row, "prediction": "dog"} for row in rows])
+    second = _write_jsonl(tmp_path / "B.jsonl", [{**row, "prediction": "red car"} for row in rows])
+    out = tmp_path / "out"
+    assert _main(capsys, "eval", "recognition", first, "--out", out, "--no-progress").returncode == 0
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0
+
+    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--no-progress")
+    assert proc.returncode == 2
+    assert "holds predictions of another run: 2 region(s) (e.g. 'r0')" in proc.stderr
+    assert "--restart" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0  # A's results stay
+
+    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--restart", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 0.0  # B's scores
+    assert {p["prediction"] for p in _lines(out / "predictions.jsonl")} == {"red car"}
+
+
 @needs_fixture
 def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
@@ -235,13 +256,27 @@ def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, pam_
     assert scores["V_demo/2"]["rouge_l"] == pytest.approx(5 / 6)
 
 
+@needs_java
+@pytest.mark.host
+def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"id": "same", "image": "a.png", "refs": ["一只狗在公园里跑"], "prediction": "一只狗在公园里跑。"},
+            {"id": "other", "image": "a.png", "refs": ["一个红苹果"], "prediction": "一个红房子"}]
+    path = _write_jsonl(tmp_path / "zh.jsonl", rows)
+    proc = _main(capsys, "eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    scores = {row["id"]: row for row in _lines(tmp_path / "out" / "scores.jsonl")}
+    assert scores["same"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["other"]["bleu1"] == pytest.approx(3 / 5, abs=1e-6)  # 一 个 红 of five characters
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"image": "a.png", "region": {"box": [0, 0, 5, 5]}}\n', "line 1 (id 1): 'refs' must be"),
     ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\nnot json\n', "line 2: not valid JSON"),
     ('{"refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "exactly one of 'image'"),
     ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "colour": 1}\n', "unknown keys ['colour']"),
     ('{"id": 7, "image": "a.png", "refs": ["x"], "region": {"box": [1, 2]}}\n', "annotation 7: a box needs 4 numbers"),
-    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "annotation m: the mask is not a COCO RLE"),
+    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "line 1 (id m): the mask is not a valid COCO RLE"),
     ('{"image": "missing.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "image file not found"),
     ('\n', "holds no annotations"),
 ])

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pam_core.evaluation import (SentenceEmbedder, caption_scores, clean_category, clean_prediction,
+from pam_core.evaluation import (SentenceEmbedder, caption_scores, chinese_tokens, clean_category, clean_prediction,
                                  recognition_scores, semantic_iou)
 
 
@@ -171,3 +171,84 @@ def test_caption_scores_reject_mismatched_inputs():
         caption_scores({"a": ["x"]}, {"b": "x"})
     with pytest.raises(EvalError, match="without reference"):
         caption_scores({"a": []}, {"a": "x"})
+
+
+# --- whitespace -----------------------------------------------------------------------------------------
+# Every character Java's PTB tokenizer takes for a line end, and NEL, which it does not but str.split() does.
+LINE_BREAKS = ["\r\n", "\r", "\n", "\u2028", "\u2029", "\v", "\f", "\x85"]
+
+
+@needs_java
+@pytest.mark.host
+def test_a_line_break_in_a_prediction_does_not_shift_the_next_region():
+    refs = {"a": ["a man riding a horse"], "b": ["a dog runs in the park"]}
+    _, per_region = caption_scores(refs, {"a": "a man\r\nriding a horse", "b": "a dog runs in the park"})
+    assert per_region["b"]["bleu1"] == pytest.approx(1.0, abs=1e-6)  # was 0.12: scored against "riding a horse"
+    assert per_region["b"]["cider"] == pytest.approx(10.0)  # was 0
+    assert per_region["a"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
+
+
+@needs_java
+@pytest.mark.host
+def test_every_line_break_in_predictions_and_references_scores_as_a_space():
+    refs, preds = {}, {}
+    for i, mark in enumerate(LINE_BREAKS):  # one region with the break in its prediction, one in its reference
+        refs[f"p{i}"], preds[f"p{i}"] = [f"a dog number {i} runs"], f"a dog{mark}number {i} runs"
+        refs[f"r{i}"], preds[f"r{i}"] = [f"the cat{mark}number {i} sleeps"], f"the cat number {i} sleeps"
+    spaced = {key: [" ".join(r.split()) for r in value] for key, value in refs.items()}
+    corpus, per_region = caption_scores(refs, preds)
+    corpus_spaced, per_region_spaced = caption_scores(spaced, {k: " ".join(v.split()) for k, v in preds.items()})
+    assert per_region == per_region_spaced and corpus == corpus_spaced
+    assert all(row["bleu4"] == pytest.approx(1.0, abs=1e-6) for row in per_region.values())
+
+
+def test_line_breaks_do_not_change_recognition_scores(embedder):
+    broken = recognition_scores([f"red{mark}car" for mark in LINE_BREAKS],
+                                [f"sports{mark}car" for mark in LINE_BREAKS], embedder)
+    spaced = recognition_scores(["red car"] * len(LINE_BREAKS), ["sports car"] * len(LINE_BREAKS), embedder)
+    assert broken == spaced
+
+
+# --- Chinese ------------------------------------------------------------------------------------------------
+
+
+def test_chinese_tokens_split_cjk_characters_and_keep_latin_words():
+    assert chinese_tokens("一只红色的Car停在路边。") == [*"一只红色的", "car", *"停在路边"]
+    # fullwidth letters and digits fold to ASCII words; CJK punctuation and the katakana middle dot are dropped
+    assert chinese_tokens("ＡＢＣ１２３，「你好」カタ・カナ") == ["abc123", *"你好カタカナ"]
+    assert chinese_tokens("한국어\u2028テスト") == ["한", "국", "어", "テ", "ス", "ト"]
+    assert chinese_tokens("。！？") == []
+
+
+# The English corpus above, in Chinese: a is close, b identical, c shares only its first two characters.
+ZH_REFS = {"a": ["猫在垫子上。"], "b": ["一只狗在公园里跑"], "c": ["一个红苹果"]}
+ZH_PREDS = {"a": "猫坐在垫子上", "b": "一只狗在公园里跑。", "c": "一个红房子"}
+
+
+@needs_java
+@pytest.mark.host
+def test_identical_chinese_caption_scores_at_the_top(corpus_scores, monkeypatch):
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    def no_ptb(*args):
+        raise AssertionError("Chinese captions must not go through the PTB tokenizer")
+
+    monkeypatch.setattr(PTBTokenizer, "tokenize", no_ptb)
+    _, per_region = caption_scores(ZH_REFS, ZH_PREDS, lang="zh")
+    b, english_b = per_region["b"], corpus_scores[1]["b"]
+    for n in (1, 2, 3, 4):
+        assert b[f"bleu{n}"] == pytest.approx(1.0, abs=1e-6)  # PTB tokens: the whole caption is one "word"
+    assert b["rouge_l"] == pytest.approx(english_b["rouge_l"]) == pytest.approx(1.0)
+    assert b["cider"] == pytest.approx(english_b["cider"]) == pytest.approx(10.0)
+    assert b["meteor"] == pytest.approx(1.0, abs=1e-6)
+    for other in ("a", "c"):
+        assert all(per_region[other][name] < b[name] for name in b)
+    # a: "猫坐在垫子上" vs "猫在垫子上": 5 of 6 characters match
+    assert per_region["a"]["bleu1"] == pytest.approx(5 / 6, abs=1e-6)
+
+
+def test_caption_scores_reject_an_unknown_language():
+    from pam_core.evaluation import EvalError
+
+    with pytest.raises(EvalError, match="not 'fr'"):
+        caption_scores({"a": ["x"]}, {"a": "x"}, lang="fr")

@@ -2,10 +2,11 @@
 
 from .annotations import CONVERTERS, Annotation, load_annotations, write_annotations
 from .metrics import (CAPTION_METRICS, RECOGNITION_METRICS, EvalError, SentenceEmbedder, caption_scores,
-                      clean_category, clean_prediction, recognition_scores, semantic_iou)
+                      chinese_tokens, clean_category, clean_prediction, normalize_whitespace, recognition_scores,
+                      semantic_iou)
 
 __all__ = [
     "Annotation", "CONVERTERS", "load_annotations", "write_annotations", "CAPTION_METRICS", "RECOGNITION_METRICS",
-    "EvalError", "SentenceEmbedder", "caption_scores", "clean_category", "clean_prediction", "recognition_scores",
-    "semantic_iou",
+    "EvalError", "SentenceEmbedder", "caption_scores", "chinese_tokens", "clean_category", "clean_prediction",
+    "normalize_whitespace", "recognition_scores", "semantic_iou",
 ]

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-import numpy as np
-
+from ..errors import PromptError
 from ..prompts import Region, as_region
+from ..rle import rle_counts, rle_to_mask, to_compressed
 from .metrics import EvalError
 
 
@@ -45,9 +45,9 @@ class Annotation:
     def prompt(self) -> Region:
         """The region as a pam_core prompt (an RLE mask is decoded here)."""
         spec = dict(self.region)
-        if isinstance(spec.get("mask"), dict):
-            spec["mask"] = decode_rle(spec["mask"], self.id)
         try:
+            if isinstance(spec.get("mask"), dict):
+                spec["mask"] = rle_to_mask(spec["mask"])
             return as_region(spec)
         except ValueError as exc:
             raise EvalError(f"annotation {self.id}: {exc}") from exc
@@ -63,20 +63,6 @@ class Annotation:
         if self.prediction is not None:
             data["prediction"] = self.prediction
         return data
-
-
-def decode_rle(rle: dict, where: str) -> np.ndarray:
-    """A COCO run-length encoding (compressed string or uncompressed count list) as a bool HxW array."""
-    from pycocotools import mask as mask_utils
-
-    try:
-        size = [int(v) for v in rle["size"]]
-        counts = rle["counts"]
-        encoded = mask_utils.frPyObjects({"size": size, "counts": counts}, *size) if isinstance(counts, list) \
-            else {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
-        return mask_utils.decode(encoded).astype(bool)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EvalError(f"annotation {where}: the mask is not a COCO RLE with size and counts ({exc})") from exc
 
 
 def _resolve(path: str, root: Path) -> str:
@@ -110,6 +96,11 @@ def _parse(data: object, line: int, root: Path) -> Annotation:
     region = dict(region)
     if isinstance(region.get("mask"), str):
         region["mask"] = _resolve(region["mask"], root)
+    elif isinstance(region.get("mask"), dict):
+        try:
+            rle_counts(region["mask"])  # checked now for the line number; decoded when PAM runs on it
+        except PromptError as exc:
+            raise EvalError(f"{where}: the mask is not a valid COCO RLE: {exc}") from None
     prediction = data.get("prediction")
     if prediction is not None and not isinstance(prediction, str):
         raise EvalError(f"{where}: 'prediction' must be a string")
@@ -128,7 +119,7 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
         raise EvalError(f"annotation file not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
     records, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # bytes that are not UTF-8: see below
         for number, line in enumerate(fh, 1):
             if limit is not None and len(records) >= limit:
                 break
@@ -136,8 +127,12 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
                 continue
             try:
                 data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+                json.dumps(data, ensure_ascii=False).encode("utf-8")  # what predictions.jsonl will have to write
+            except UnicodeEncodeError:
+                raise EvalError(f"{path}, line {number}: not valid UTF-8 (undecodable bytes, or a lone surrogate "
+                                "escape such as \\ud800)") from None
+            except (ValueError, RecursionError) as exc:  # also digits beyond int's limit, and absurd nesting
+                raise EvalError(f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
             record = _parse(data, number, root)
             if record.id in seen:
                 raise EvalError(f"{path}, line {number}: duplicate id {record.id!r}")
@@ -175,18 +170,11 @@ def _xywh_to_xyxy(box) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def _segmentation_rle(segmentation, height: int, width: int) -> dict:
-    """A COCO segmentation (polygons or RLE) as a compressed RLE dict with a JSON-safe string."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode() if isinstance(counts, bytes) else counts}
+def _segmentation(segmentation, height: int, width: int, where: str) -> dict:
+    try:
+        return to_compressed(segmentation, height, width)
+    except PromptError as exc:
+        raise EvalError(f"{where}: the segmentation is not valid polygons or COCO RLE: {exc}") from None
 
 
 def from_coco_captions(path: str | Path, use_masks: bool = False) -> Iterator[Annotation]:
@@ -211,7 +199,8 @@ def from_coco_captions(path: str | Path, use_masks: bool = False) -> Iterator[An
             regions[key].refs.append(caption)
             continue
         if use_masks and ann.get("segmentation"):
-            region = {"mask": _segmentation_rle(ann["segmentation"], image["height"], image["width"])}
+            region = {"mask": _segmentation(ann["segmentation"], image["height"], image["width"],
+                                            f"{path}: annotation {ann.get('id')}")}
         else:
             region = {"box": _xywh_to_xyxy(ann["bbox"])}
         regions[key] = Annotation(id=str(ann.get("id", len(regions))), image=image["file_name"], region=region,
@@ -236,8 +225,9 @@ def from_osprey(path: str | Path) -> Iterator[Annotation]:
             raise EvalError(f"{path}: image {number} has {len(names)} categories but {len(anns)} annotations")
         stem = Path(file_name).stem
         for index, (name, ann) in enumerate(zip(names, anns)):
-            yield Annotation(id=f"{stem}/{index}", image=file_name, refs=[name],
-                             region={"mask": _segmentation_rle(ann["segmentation"], height, width)})
+            segmentation = ann.get("segmentation") if isinstance(ann, dict) else None
+            yield Annotation(id=f"{stem}/{index}", image=file_name, refs=[name], region={"mask": _segmentation(
+                segmentation, height, width, f"{path}: image {number} ({file_name}) annotation {index}")})
 
 
 def from_streaming(path: str | Path) -> Iterator[Annotation]:

@@ -1,12 +1,14 @@
 """`pam eval`: predict what is missing (resumably), score, and write metrics.json / scores.jsonl.
 
 `predictions.jsonl` in the output folder gets one line per region as soon as its image is done, so an
-interrupted run picks up where it stopped; `run.json` records what produced the predictions, so a
-resume with another model, task or decoding is refused instead of silently mixing two runs.
+interrupted run picks up where it stopped. Nothing of another run is ever scored: `run.json` records the
+model, task and decoding, and every line records a key of its region's input (the given prediction, or
+the image and region prompt), so a resume with other settings or another annotation is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -64,14 +66,27 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return done
 
 
-def _check_resume(out: Path, run: EvalRun, have_predictions: bool) -> None:
+def input_key(record: Annotation) -> str:
+    """What a region's prediction comes from: its given text, or its image(s) and region prompt."""
+    source = {"prediction": record.prediction} if record.prediction is not None else \
+        {"image": record.image, "frames": record.frames, "region": record.region}
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_resume(out: Path, run: EvalRun, done: dict[str, dict], records: Sequence[Annotation]) -> None:
+    """Refuse to reuse predictions the current run would not make; then record the run's settings."""
     path = out / RUN
-    if path.is_file() and have_predictions:
+    if path.is_file() and done:
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != asdict(run):
             changed = sorted(k for k in asdict(run) if previous.get(k) != asdict(run)[k])
             raise EvalError(f"{out} holds predictions of a different run (changed: {', '.join(changed)}); "
                             f"use another --out or --restart")
+    stale = [r.id for r in records if r.id in done and done[r.id].get("input") != input_key(r)]
+    if stale:
+        raise EvalError(f"{out} holds predictions of another run: {len(stale)} region(s) (e.g. {stale[0]!r}) were "
+                        "predicted from another given prediction, image or region than this annotation file has; "
+                        "use another --out or --restart")
     write_json(path, asdict(run))
 
 
@@ -93,7 +108,7 @@ def predict(records: Sequence[Annotation], out: Path, run: EvalRun, load_pam: Ca
     if restart:
         path.unlink(missing_ok=True)
     done = read_predictions(path)
-    _check_resume(out, run, bool(done))
+    _check_resume(out, run, done, records)
     for stale in (METRICS, SCORES):  # they mark a finished run
         (out / stale).unlink(missing_ok=True)
     pending = [r for r in records if r.id not in done]
@@ -111,7 +126,8 @@ def predict(records: Sequence[Annotation], out: Path, run: EvalRun, load_pam: Ca
             fh.flush()
             os.fsync(fh.fileno())
 
-        append([{"id": r.id, "prediction": r.prediction, "source": "annotation"} for r in given])
+        append([{"id": r.id, "prediction": r.prediction, "source": "annotation", "input": input_key(r)}
+                for r in given])
         if to_run:
             prompts = _checked_prompts(to_run)  # bad input fails here, before the slow model load
             _run_pam(to_run, prompts, run, load_pam(), batch, append, show_progress)
@@ -137,14 +153,14 @@ def _run_pam(records, prompts: dict, run: EvalRun, pam, batch: int, append, show
                                        generation=settings)
             except ValueError as exc:  # pam_core's input errors: name the annotation
                 raise EvalError(f"annotation {chunk[0].id} ({chunk[0].image}): {exc}") from exc
-            append([{"id": r.id, "prediction": res.text, "source": "pam", **res.fields}
+            append([{"id": r.id, "prediction": res.text, "source": "pam", **res.fields, "input": input_key(r)}
                     for r, res in zip(chunk, results)])
             bar.update(len(chunk))
 
 
 def score(kind: str, records: Sequence[Annotation], predictions: dict[str, dict],
-          embedder: Optional[SentenceEmbedder] = None) -> tuple[dict, dict[str, dict]]:
-    """Aggregate metrics and per-region scores of `records` against their predictions."""
+          embedder: Optional[SentenceEmbedder] = None, lang: str = "en") -> tuple[dict, dict[str, dict]]:
+    """Aggregate metrics and per-region scores of `records` against their predictions (captions in `lang`)."""
     missing = [r.id for r in records if r.id not in predictions]
     if missing:
         raise EvalError(f"{len(missing)} region(s) have no prediction, e.g. {missing[0]}")
@@ -157,7 +173,7 @@ def score(kind: str, records: Sequence[Annotation], predictions: dict[str, dict]
         metrics = {name: mean([row[name] for row in rows]) for name in RECOGNITION_METRICS}
         metrics["embedder"] = embedder.source
     elif kind == "caption":
-        metrics, per_region = caption_scores({r.id: r.refs for r in records}, texts)
+        metrics, per_region = caption_scores({r.id: r.refs for r in records}, texts, lang)
     else:
         raise EvalError(f"unknown evaluation {kind!r}; use one of {', '.join(DEFAULT_TASKS)}")
     metrics["regions"] = len(records)

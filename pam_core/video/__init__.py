@@ -7,7 +7,8 @@ why memory stays bounded however long the clip, and how a prompt on a later fram
 """
 
 from .pipeline import describe_video
-from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult, mask_to_rle, rle_to_mask
+from ..rle import mask_to_rle, rle_to_mask
+from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult
 from .segments import CARRY_MODES, Segment, VideoSettings, llm_frame_indices, parse_segments, plan_segments
 from .sources import FrameSource, VideoInfo, VideoLike, open_video
 

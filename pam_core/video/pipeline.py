@@ -29,7 +29,8 @@ from ..progress import Progress
 from ..prompts import Box, Region, RegionLike, as_region, mask_box
 from ..segmenter import Segmentation
 from ..tasks import Task
-from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult, mask_to_rle
+from ..rle import mask_to_rle
+from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult
 from .segments import Segment, VideoSettings, llm_frame_indices, plan_segments
 from .sources import FrameSource, VideoInfo, VideoLike, open_video
 from .tracker import FrameFeatures, ObjectTracker, encode_frame, video_mask_logits

@@ -9,26 +9,9 @@ from typing import Optional
 import numpy as np
 
 from ..prompts import Box, RegionLike
+from ..rle import rle_to_mask
 from .segments import Segment
 from .sources import VideoInfo
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE (column-major runs, starting with background), as pycocotools/FiftyOne read it."""
-    mask = np.asarray(mask, dtype=bool)
-    flat = mask.ravel(order="F")
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    height, width = rle["size"]
-    values = np.zeros(len(rle["counts"]), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, rle["counts"]).reshape((height, width), order="F")
 
 
 @dataclass

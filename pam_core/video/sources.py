@@ -85,7 +85,7 @@ class _VideoFile(FrameSource):
 
     def _open(self):
         try:
-            container = self._av.open(str(self.path))
+            container = self._av.open(str(self.path), metadata_errors="replace")  # a non-UTF-8 tag is no failure
         except (self._av.FFmpegError, OSError, ValueError) as exc:
             raise VideoError(f"cannot read video {self.path}: {exc}") from exc
         if not container.streams.video:
