@@ -85,6 +85,11 @@ def main(image: str) -> dict:
     except EvalError as exc:
         findings["no_pairs_error"] = str(exc)
     findings["final_evaluations"] = dataset.list_evaluations()
+    dataset.rename_evaluation("rec", "recognition")  # renames every field the run wrote
+    schema = dataset.get_field_schema(flat=True)
+    findings["renamed"] = {field: field in schema for field in (
+        "recognition_semantic_iou", "pam.detections.recognition_semantic_iou", "pam.detections.recognition_id",
+        "rec_semantic_iou", "pam.detections.rec_semantic_iou")}
     dataset.delete()
     return findings
 

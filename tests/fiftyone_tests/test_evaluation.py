@@ -83,3 +83,6 @@ def test_evaluate_pam_scores_labels_samples_and_dataset(tmp_path):
     assert "does not exist" in found["missing_field_error"]
     assert "no region of 'pam' matches" in found["no_pairs_error"]
     assert found["final_evaluations"] == ["rec"]
+    assert found["renamed"] == {"recognition_semantic_iou": True, "pam.detections.recognition_semantic_iou": True,
+                                "pam.detections.recognition_id": True, "rec_semantic_iou": False,
+                                "pam.detections.rec_semantic_iou": False}
