@@ -1,229 +1,314 @@
 """`apply_pam`: PAM region labels and captions on a FiftyOne sample collection, resumable and fault-tolerant.
 
-The loop lives in `run_pam`, a generator that yields after every sample so the operator can report progress;
-`apply_pam` drains it for scripts. All model work is pam_core's.
+`run_pam` is a generator that yields after every sample so the operator can report progress; `apply_pam`
+drains it for scripts. Image runs (`_run_images`) and video runs (`_run_videos`) differ in what they ask PAM
+and where the answer goes; both hand `_describe_samples` a `RunContext` and their describe step. All model work
+is pam_core's.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Union
 
 import fiftyone as fo
-from fiftyone import ViewField as F
 
-from pam_core import PAM, AutoMaskSettings, GenerationSettings
+from pam_core import PAM, AutoMaskSettings, GenerationSettings, ModelSource, load_pam
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
-from pam_core.errors import PAMError, PromptError, TaskError
+from pam_core.errors import PAMError, PromptError
 from pam_core.io import load_image
+from pam_core.tasks import Tasks
 
-from .labels import PROMPT_LABEL_TYPES, check_tasks, detection_from_result, regions_from_label
-from .video import (VIDEO_TASK, captions_field, check_video_settings, describe_video_sample, prompt_labels,
+from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
+from .video import (captions_field, check_prompt_frame, describe_video_sample, prompt_labels, video_settings,
                     write_video_labels)
 
 DEFAULT_TASKS = ("category", "detailed")
 DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions
 RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the settings of the run that wrote it
-SAVE_BATCH_SIZE = 16
-
-_loaded: dict[tuple, PAM] = {}
-_loading = threading.Lock()
-
-
-def load_pam(model=DEFAULT_MODEL, sam2=DEFAULT_SAM2, device: str = "auto", dtype: Optional[str] = None,
-             local_files_only: Optional[bool] = None) -> PAM:
-    """A PAM instance, loaded once per process and setting (operators run many times in one App server)."""
-    if isinstance(model, PAM):
-        return model
-    key = (str(model), str(sam2), device, dtype, local_files_only)
-    with _loading:
-        if key not in _loaded:
-            _loaded[key] = PAM.from_pretrained(model, sam2=sam2, device=device, dtype=dtype,
-                                               local_files_only=local_files_only)
-        return _loaded[key]
+BATCH_SIZE = 16  # samples read, then described, then saved together
+IMAGE_OPTIONS = ("max_regions", "auto")
+VIDEO_OPTIONS = ("prompts", "prompt_frame", "window", "segments", "carry")
 
 
-def model_name(model) -> str:
-    """What `pam_model` records: the Hub id or folder given, or the class name for a loaded instance."""
-    return type(model).__name__ if isinstance(model, PAM) else str(model)
+def dataset_of(sample_collection) -> fo.Dataset:
+    """The dataset whose samples `sample_collection` holds: itself, or the dataset of a view of its samples.
+    Patches, frames and clips views are refused: their samples are not the dataset's own."""
+    if isinstance(sample_collection, fo.Dataset):
+        return sample_collection
+    if type(sample_collection) is not fo.DatasetView:
+        raise ValueError(f"PAM runs on a dataset or a view of its samples, not on a {type(sample_collection).__name__}"
+                         " (patches, frames and clips views hold samples of their own)")
+    return fo.load_dataset(sample_collection.dataset_name)
 
 
-def describe_sample(pam: PAM, image, prompt_label, tasks: Sequence[str], lang: str, generation: GenerationSettings,
-                    auto: AutoMaskSettings, name: str, mask_dir: Optional[Path] = None,
-                    sample_id: str = "") -> fo.Detections:
+@dataclass(frozen=True)
+class ModelRef:
+    """The model of a run: a loaded `PAM` as given, or the `ModelSource` that pam_core's one loading path loads
+    (into its bounded model cache) when there is work."""
+
+    source: Union[PAM, ModelSource]
+
+    @classmethod
+    def of(cls, model, sam2=DEFAULT_SAM2, device: str = "auto", dtype: Optional[str] = None,
+           local_files_only: Optional[bool] = None) -> "ModelRef":
+        if isinstance(model, PAM):
+            return cls(model)
+        return cls(ModelSource(model=model, sam2=sam2, device=device, dtype=dtype, local_files_only=local_files_only))
+
+    @property
+    def name(self) -> str:
+        """What labels record as `pam_model`: the Hub id or the checkpoint folder's name, never a local path
+        (datasets are shared); "PAM" for a model loaded elsewhere."""
+        return self.source.name if isinstance(self.source, ModelSource) else type(self.source).__name__
+
+    def load(self) -> PAM:
+        return self.source if isinstance(self.source, PAM) else load_pam(self.source)
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What an image run asks PAM about every region."""
+
+    tasks: tuple[str, ...]  # resolved task keys
+    lang: str
+    generation: GenerationSettings
+    auto: AutoMaskSettings  # for automatic regions (no prompt field)
+
+    @classmethod
+    def of(cls, tasks: Tasks, lang: str, generation: GenerationSettings, auto: AutoMaskSettings) -> "ImageRequest":
+        return cls(tuple(task.key for task in label_tasks(tasks, lang)), lang, generation, auto)
+
+
+def describe_sample(pam: PAM, image, prompt_label, request: ImageRequest, model_name: str,
+                    mask_dir: Optional[Path] = None, sample_id: str = "") -> fo.Detections:
     """One image's PAM labels: the prompt label's regions, or automatic regions when `prompt_label` is False."""
     image = load_image(image)
     width, height = image.size
     if prompt_label is False:
-        results = pam.describe_everything(image, task=list(tasks), lang=lang, generation=generation,
-                                          auto=auto)
+        results = pam.describe_everything(image, task=list(request.tasks), lang=request.lang,
+                                          generation=request.generation, auto=request.auto)
         prompt_names = [None] * len(results)
     else:
         regions, prompt_names = regions_from_label(prompt_label, width, height)
-        results = pam.describe(image, regions, task=list(tasks), lang=lang, generation=generation) if regions else []
+        results = pam.describe(image, regions, task=list(request.tasks), lang=request.lang,
+                               generation=request.generation) if regions else []
     detections = []
     for result, prompt_name in zip(results, prompt_names):
         mask_file = mask_dir / f"{sample_id}_{result.index:03d}.png" if mask_dir is not None else None
-        detection = detection_from_result(result, name, prompt_name, mask_file)
+        detection = detection_from_result(result, model_name, prompt_name, mask_file)
         if detection is not None:
             detections.append(detection)
     return fo.Detections(detections=detections)
 
 
-def run_settings(prompt_field, tasks, lang, model) -> dict:
-    return {"prompt_field": prompt_field, "tasks": list(tasks), "lang": lang, "model": model_name(model)}
+@dataclass(frozen=True)
+class RunContext:
+    """What image and video runs share: the samples, where their labels go, the model and how it generates."""
+
+    samples: object  # the SampleCollection to describe
+    dataset: fo.Dataset
+    label_field: str
+    model: ModelRef
+    overwrite: bool
+    generation: GenerationSettings
+    mask_dir: Optional[Path]
+
+    @property
+    def error_field(self) -> str:
+        return f"{self.label_field}_error"
+
+    def record(self, prompt_field: Optional[str], tasks: list[str], lang: str, **more) -> dict:
+        """The run's settings as recorded in `dataset.info[RUNS_INFO_KEY]`; a resume must repeat them."""
+        return {"prompt_field": prompt_field, "tasks": tasks, "lang": lang, "model": self.model.name, **more}
+
+    def check_target(self, record: dict, exists: bool) -> None:
+        """Refuse to write into a field PAM did not create, or to resume a run with other settings."""
+        field = self.label_field
+        if not field or "." in field or field.startswith("_"):
+            raise ValueError(f"invalid label field name {field!r}: use a plain name such as 'pam'")
+        if not exists or self.overwrite:
+            return
+        previous = self.dataset.info.get(RUNS_INFO_KEY, {}).get(field)
+        if previous is None:
+            raise ValueError(f"field {field!r} already exists and was not written by PAM; pick another label field "
+                             f"or pass overwrite=True to replace it")
+        if previous != record:
+            raise ValueError(f"field {field!r} holds a PAM run with other settings ({previous}); resume it with the "
+                             f"same settings, pick another label field, or pass overwrite=True")
 
 
-def check_target_field(dataset: fo.Dataset, label_field: str, settings: dict, overwrite: bool,
-                       exists: bool) -> None:
-    """Refuse to write into a field PAM did not create, or to resume a run with other settings."""
-    if not label_field or "." in label_field or label_field.startswith("_"):
-        raise ValueError(f"invalid label field name {label_field!r}: use a plain name such as 'pam'")
-    if not exists or overwrite:
-        return
-    previous = dataset.info.get(RUNS_INFO_KEY, {}).get(label_field)
-    if previous is None:
-        raise ValueError(f"field {label_field!r} already exists and was not written by PAM; pick another "
-                         f"label field or pass overwrite=True to replace it")
-    if previous != settings:
-        raise ValueError(f"field {label_field!r} holds a PAM run with other settings ({previous}); resume it with "
-                         f"the same settings, pick another label field, or pass overwrite=True")
-
-
-def check_prompt_field(dataset: fo.Dataset, prompt_field: str, video: bool = False) -> None:
-    kind = "frame field" if video else "prompt field"
-    field = dataset.get_field(f"frames.{prompt_field}" if video else prompt_field)
+def check_prompt_field(dataset: fo.Dataset, path: str, kind: str) -> None:
+    """`path` (a sample field, or `frames.<name>`) exists and holds labels PAM can take as regions."""
+    field = dataset.get_field(path)
+    name = path.removeprefix("frames.")
     if field is None:
-        raise ValueError(f"{kind} {prompt_field!r} does not exist on dataset {dataset.name!r}")
+        raise ValueError(f"{kind} {name!r} does not exist on dataset {dataset.name!r}")
     if not (isinstance(field, fo.EmbeddedDocumentField) and issubclass(field.document_type, PROMPT_LABEL_TYPES)):
-        raise PromptError(f"{kind} {prompt_field!r} holds {getattr(field, 'document_type', field).__name__}; "
+        raise PromptError(f"{kind} {name!r} holds {getattr(field, 'document_type', field).__name__}; "
                           f"use a Detections, Keypoints or Polylines field")
 
 
-def _video_task(tasks: Sequence[str] | str | None) -> str:
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or (VIDEO_TASK,))
-    if len(tasks) != 1:
-        raise TaskError(f"a video run takes one task (default {VIDEO_TASK!r}), got {list(tasks)}")
-    return tasks[0]
-
-
 def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[str] = None,
-            tasks: Sequence[str] | str | None = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
-            overwrite: bool = False, max_regions: int = DEFAULT_MAX_REGIONS, max_new_tokens: int = 512,
-            generation: Optional[GenerationSettings] = None, auto: Optional[AutoMaskSettings] = None,
+            tasks: Optional[Tasks] = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
+            overwrite: bool = False, *, max_new_tokens: int = 512, generation: Optional[GenerationSettings] = None,
             mask_dir: Optional[str | os.PathLike] = None, device: str = "auto", dtype: Optional[str] = None,
-            local_files_only: Optional[bool] = None, prompts: Optional[dict] = None,
-            prompt_frame: Optional[int] = None, window: Optional[int] = None,
-            segments: Optional[Sequence[tuple[int, int]]] = None, carry: Optional[str] = None
-            ) -> Iterator[tuple[int, int]]:
+            local_files_only: Optional[bool] = None, **media_options) -> Iterator[tuple[int, int]]:
     """`apply_pam` as a generator: yields (samples done, samples to do) after each sample; returns the summary."""
-    generation = generation or GenerationSettings(max_new_tokens=max_new_tokens)
-    auto = auto or AutoMaskSettings(max_regions=max_regions)
-    dataset = sample_collection._dataset
+    dataset = dataset_of(sample_collection)
     video = dataset.media_type == "video"
-    video_options = {"prompt_frame": prompt_frame, "window": window, "segments": segments, "carry": carry}
-    if video:
-        task, carry = _video_task(tasks), carry or "box"
-        check_video_settings(task, lang, carry, window, segments, prompt_frame)
-        if prompt_field is not None and prompt_field.startswith("frames."):
-            prompt_field = prompt_field[len("frames."):]
-        if (prompt_field is None) == (prompts is None):
-            raise PromptError("a video run needs its prompts from a frame-level prompt_field or as prompts="
-                              "{frame number: Detections/Keypoints/Polylines}, one of the two")
-        settings = {**run_settings(prompt_field, [task], lang, model), "explicit_prompts": prompts is not None,
-                    **video_options, "carry": carry, "segments": [list(s) for s in segments] if segments else None}
-        done_field = captions_field(label_field)
-        exists = label_field in dataset.get_frame_field_schema() or done_field in dataset.get_field_schema()
-    else:
-        given = [name for name, value in {"prompts": prompts, **video_options}.items() if value is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: only for video datasets; {dataset.name!r} holds "
-                             f"{dataset.media_type} samples")
-        tasks = check_tasks(DEFAULT_TASKS if tasks is None else tasks, lang)
-        settings = run_settings(prompt_field, tasks, lang, model)
-        done_field = label_field
-        exists = label_field in dataset.get_field_schema()
-    check_target_field(dataset, label_field, settings, overwrite, exists)
-    if prompt_field is not None:
-        check_prompt_field(dataset, prompt_field, video)
-    error_field = f"{label_field}_error"
-    todo = sample_collection if overwrite or done_field not in dataset.get_field_schema() \
-        else sample_collection.exists(done_field, False)
-    total, skipped = len(todo), len(sample_collection) - len(todo)
-    summary = {"label_field": label_field, "samples": 0, "skipped": skipped, "failed": 0, "regions": 0, "errors": {}}
-    yield 0, total
-    if total == 0:
-        return summary
-    pam = load_pam(model, sam2, device, dtype, local_files_only)
-    name, mask_dir = model_name(model), Path(mask_dir) if mask_dir else None
-    dataset.info.setdefault(RUNS_INFO_KEY, {})[label_field] = settings
-    dataset.save()
-    _declare_fields(dataset, label_field, error_field, video)
+    options = _media_options(dataset, media_options, video)
+    run = RunContext(sample_collection, dataset, label_field, ModelRef.of(model, sam2, device, dtype, local_files_only),
+                     overwrite, generation or GenerationSettings(max_new_tokens=max_new_tokens),
+                     Path(mask_dir) if mask_dir else None)
+    describe_all = _run_videos if video else _run_images
+    return (yield from describe_all(run, prompt_field, tasks, lang, **options))
 
-    def describe(sample) -> int:
-        """Sets the sample's labels (saved with the next batch); returns how many regions (objects) it has."""
-        if not video:
-            labels = describe_sample(pam, sample.filepath, sample[prompt_field] if prompt_field else False, tasks,
-                                     lang, generation, auto, name, mask_dir, sample.id)
-            sample[label_field] = labels
-            return len(labels.detections)
-        frames, captions = describe_video_sample(
-            pam, sample.filepath, prompts if prompts is not None else prompt_labels(sample, prompt_field, prompt_frame),
-            task, lang, generation, window, segments, carry, name, mask_dir, sample.id)
-        write_video_labels(sample, label_field, frames, captions)
+
+def _media_options(dataset: fo.Dataset, options: dict, video: bool) -> dict:
+    """The media-specific options given (None counts as not given); those of the other media type are refused."""
+    own, other = (VIDEO_OPTIONS, IMAGE_OPTIONS) if video else (IMAGE_OPTIONS, VIDEO_OPTIONS)
+    unknown = sorted(set(options) - set(own) - set(other))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}")
+    given = {name: value for name, value in options.items() if value is not None}
+    misplaced = [name for name in given if name in other]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)}: only for {'image' if video else 'video'} datasets; "
+                         f"{dataset.name!r} holds {dataset.media_type} samples")
+    return given
+
+
+def _run_images(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
+                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None):
+    """Each image's regions (of `prompt_field`, or automatic) with the tasks' texts into one Detections field."""
+    request = ImageRequest.of(DEFAULT_TASKS if tasks is None else tasks, lang, run.generation,
+                              auto or AutoMaskSettings(max_regions=max_regions))
+    record = run.record(prompt_field, list(request.tasks), lang)
+    run.check_target(record, exists=run.label_field in run.dataset.get_field_schema())
+    if prompt_field is not None:
+        check_prompt_field(run.dataset, prompt_field, "prompt field")
+
+    def declare() -> None:
+        if run.label_field not in run.dataset.get_field_schema():
+            run.dataset.add_sample_field(run.label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+
+    def describe(pam: PAM, sample) -> int:
+        labels = describe_sample(pam, sample.filepath, sample[prompt_field] if prompt_field else False, request,
+                                 run.model.name, run.mask_dir, sample.id)
+        sample[run.label_field] = labels
+        return len(labels.detections)
+
+    def clear(sample) -> None:
+        sample[run.label_field] = None
+
+    return (yield from _describe_samples(run, record, run.label_field, declare, describe, clear))
+
+
+def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
+                prompts: Optional[dict] = None, prompt_frame: Optional[int] = None, window: Optional[int] = None,
+                segments: Optional[list[tuple[int, int]]] = None, carry: str = "box"):
+    """Each video's prompted objects tracked into frame Detections and captioned per segment into
+    TemporalDetections (`<label_field>_captions`, which marks the video done)."""
+    settings = video_settings(tasks, lang, window, segments, carry)
+    check_prompt_frame(prompt_frame)
+    prompt_field = prompt_field.removeprefix("frames.") if prompt_field is not None else None
+    if (prompt_field is None) == (prompts is None):
+        raise PromptError("a video run needs its prompts from a frame-level prompt_field or as prompts="
+                          "{frame number: Detections/Keypoints/Polylines}, one of the two")
+    record = run.record(prompt_field, [settings.task], lang, explicit_prompts=prompts is not None,
+                        prompt_frame=prompt_frame, window=window,
+                        segments=[list(pair) for pair in segments] if segments else None, carry=carry)
+    done_field = captions_field(run.label_field)
+    run.check_target(record, exists=run.label_field in run.dataset.get_frame_field_schema()
+                     or done_field in run.dataset.get_field_schema())
+    if prompt_field is not None:
+        check_prompt_field(run.dataset, f"frames.{prompt_field}", "frame field")
+
+    def declare() -> None:
+        if run.label_field not in run.dataset.get_frame_field_schema():
+            run.dataset.add_frame_field(run.label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        if done_field not in run.dataset.get_field_schema():
+            run.dataset.add_sample_field(done_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.TemporalDetections)
+
+    def describe(pam: PAM, sample) -> int:
+        labels = prompts if prompts is not None else prompt_labels(sample, prompt_field, prompt_frame)
+        frames, captions = describe_video_sample(pam, sample.filepath, labels, settings, run.generation,
+                                                 run.model.name, run.mask_dir, sample.id)
+        write_video_labels(sample, run.label_field, frames, captions)
         return len({caption.index for caption in captions.detections})
 
-    with todo.save_context(batch_size=SAVE_BATCH_SIZE) as saver:
-        for done, sample in enumerate(todo.iter_samples(), start=1):
-            try:
-                summary["regions"] += describe(sample)
-                sample[error_field] = None
-                summary["samples"] += 1
-            except PAMError as exc:  # a bad file or prompt fails this sample only; the run goes on
-                if video:
-                    write_video_labels(sample, label_field, {}, None)
-                else:
-                    sample[label_field] = None
-                sample[error_field] = str(exc)
-                summary["failed"] += 1
-                summary["errors"][sample.id] = str(exc)
-            saver.save(sample)
-            yield done, total
-    dataset.add_dynamic_sample_fields()
-    if video:
-        dataset.add_dynamic_frame_fields()
+    def clear(sample) -> None:
+        write_video_labels(sample, run.label_field, {}, None)
+
+    summary = yield from _describe_samples(run, record, done_field, declare, describe, clear)
+    run.dataset.add_dynamic_frame_fields()
     return summary
 
 
-def _declare_fields(dataset: fo.Dataset, label_field: str, error_field: str, video: bool) -> None:
-    """The run's fields with their label types, so they exist (and show in the App) before the first sample."""
-    samples = dataset.get_field_schema()
-    if video and label_field not in dataset.get_frame_field_schema():
-        dataset.add_frame_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    done_field, label_type = (captions_field(label_field), fo.TemporalDetections) if video \
-        else (label_field, fo.Detections)
-    if done_field not in samples:
-        dataset.add_sample_field(done_field, fo.EmbeddedDocumentField, embedded_doc_type=label_type)
-    if error_field not in samples:
-        dataset.add_sample_field(error_field, fo.StringField,
+def _describe_samples(run: RunContext, record: dict, done_field: str, declare: Callable[[], None],
+                      describe: Callable[[PAM, object], int], clear: Callable[[object], None]):
+    """The loop of every run over the samples not done yet (all of them with `overwrite`), saved in batches.
+
+    Which samples to do is fixed when the run starts, as a list of ids, and each batch is read in full before PAM
+    describes it, so no database cursor stays open for the minutes a batch can take. (MongoDB kills cursors
+    idle for 30 minutes; FiftyOne re-opens a lost one by skipping the samples already read, which skipped
+    samples never described when the run iterated "not done yet" while saving.) A sample that fails records
+    its error and the run goes on.
+    """
+    samples, dataset = run.samples, run.dataset
+    resume = not run.overwrite and done_field in dataset.get_field_schema()
+    todo = samples.exists(done_field, False) if resume else samples
+    ids = todo.values("id")
+    total = len(ids)
+    summary = {"label_field": run.label_field, "samples": 0, "skipped": len(samples) - total, "failed": 0,
+               "regions": 0, "errors": {}}
+    yield 0, total
+    if total == 0:
+        return summary
+    pam = run.model.load()
+    dataset.info.setdefault(RUNS_INFO_KEY, {})[run.label_field] = record
+    dataset.save()
+    declare()
+    if run.error_field not in dataset.get_field_schema():
+        dataset.add_sample_field(run.error_field, fo.StringField,
                                  description="why PAM could not describe this sample (None when it did)")
+    done = 0
+    with samples.save_context(batch_size=BATCH_SIZE) as saver:
+        for start in range(0, total, BATCH_SIZE):
+            for sample in list(samples.select(ids[start:start + BATCH_SIZE], ordered=True).iter_samples()):
+                try:
+                    summary["regions"] += describe(pam, sample)
+                    sample[run.error_field] = None
+                    summary["samples"] += 1
+                except PAMError as exc:  # a bad file or prompt fails this sample only; the run goes on
+                    clear(sample)
+                    sample[run.error_field] = str(exc)
+                    summary["failed"] += 1
+                    summary["errors"][sample.id] = str(exc)
+                saver.save(sample)
+                done += 1
+                yield done, total
+    dataset.add_dynamic_sample_fields()
+    return summary
 
 
 def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[str] = None,
-              tasks: Sequence[str] | str | None = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
+              tasks: Optional[Tasks] = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
               overwrite: bool = False, **kwargs) -> dict:
     """Describe every sample's regions with PAM into one `Detections` field.
 
     `prompt_field`: a Detections (boxes, or masks when present), Keypoints or Polylines field whose labels are
     the regions; None describes everything (automatic regions). `tasks`: as in the CLI (category,
-    definition, brief, detailed or a free instruction; default category and detailed). Samples already done
-    are skipped unless `overwrite`; a sample that fails records its error in `<label_field>_error` and the run
-    continues. Other keyword arguments: `max_regions`, `max_new_tokens`, `generation` (a GenerationSettings),
-    `auto` (an AutoMaskSettings for describe-everything), `mask_dir` (write masks there as PNGs instead of
-    inline), `device`, `dtype`, `local_files_only`. Returns a summary dict (samples, skipped, failed, regions,
-    errors).
+    definition, brief, detailed or a free instruction; default category and detailed). `model`: a Hub id, a
+    checkpoint folder or a loaded `pam_core.PAM`; labels record its name (`pam_model`: the Hub id or the
+    folder's name). Samples already done are skipped unless `overwrite`; a sample that fails records its error
+    in `<label_field>_error` and the run continues. Other keyword arguments: `max_regions`, `max_new_tokens`,
+    `generation` (a GenerationSettings), `auto` (an AutoMaskSettings for describe-everything), `mask_dir`
+    (write masks there as PNGs instead of inline), `device`, `dtype`, `local_files_only`. Returns a summary
+    dict (samples, skipped, failed, regions, errors).
 
     Video datasets: each prompt object is tracked through the video and captioned per segment, into
     frame-level Detections `frames.<label_field>` (`index` = track id) and TemporalDetections
@@ -239,34 +324,3 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
             next(steps)
         except StopIteration as stop:
             return stop.value
-
-
-def caption_search_view(sample_collection, label_field: str, query: str, match: str = "all",
-                        attributes: Sequence[str] = ("label", "definition", "function", "caption", "brief_caption",
-                                                     "answer")):
-    """The regions of `label_field` whose texts contain the query, case-insensitively.
-
-    `match`: "all" (every word somewhere in the region's texts), "any" (one of the words) or "phrase"
-    (the exact phrase in one text). The App sidebar only filters by exact value; this finds words in captions.
-    """
-    words = query.split()
-    if not words:
-        raise ValueError("the search query is empty")
-    if match not in ("all", "any", "phrase"):
-        raise ValueError(f"match must be 'all', 'any' or 'phrase', got {match!r}")
-
-    def contains(text: str):
-        found = None
-        for attribute in attributes:
-            expr = F(attribute).contains_str(text, case_sensitive=False)
-            found = expr if found is None else found | expr
-        return found
-
-    if match == "phrase":
-        expr = contains(" ".join(words))
-    else:
-        parts = [contains(word) for word in words]
-        expr = parts[0]
-        for part in parts[1:]:
-            expr = (expr & part) if match == "all" else (expr | part)
-    return sample_collection.filter_labels(label_field, expr)

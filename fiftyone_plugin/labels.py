@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import fiftyone as fo
@@ -11,7 +11,7 @@ from PIL import Image
 
 from pam_core import Region
 from pam_core.errors import PromptError, TaskError
-from pam_core.tasks import resolve_tasks
+from pam_core.tasks import Task, Tasks, resolve_tasks
 from pam_core.video import VideoPrompt
 
 # Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction
@@ -19,16 +19,18 @@ from pam_core.video import VideoPrompt
 # A video segment's caption ("video_caption", the `caption` task of describe_video) goes to `caption` too.
 TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "brief_caption", "detailed": "caption",
                    "video_caption": "caption"}
-TEXT_ATTRIBUTES = ("label", "definition", "function", "caption", "brief_caption", "answer")
+# Every attribute a run writes text to (what caption search looks in).
+TEXT_ATTRIBUTES = tuple(dict.fromkeys([*TASK_ATTRIBUTES.values(), "answer"]))
 PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
 
 
-def check_tasks(tasks: Sequence[str] | str, lang: str) -> tuple[str, ...]:
-    """Task names as the CLI takes them (category, definition, brief, detailed, or one free instruction)."""
-    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-    if [task.name for task in resolve_tasks(tasks, lang)].count("free") > 1:
+def label_tasks(tasks: Tasks, lang: str) -> list[Task]:
+    """An image run's tasks, resolved by pam_core; at most one free instruction, because its answer has one
+    attribute (`answer`) on the label."""
+    resolved = resolve_tasks(tasks, lang)
+    if sum(task.name == "free" for task in resolved) > 1:
         raise TaskError("only one free instruction per run: its answer is stored in the `answer` attribute")
-    return tasks
+    return resolved
 
 
 def regions_from_label(label, width: int, height: int) -> tuple[list[Region], list[Optional[str]]]:
@@ -80,7 +82,7 @@ def text_attributes(texts: dict[str, str], fields: dict[str, str]) -> dict:
         else:
             attributes["answer"], attributes["instruction"] = text, task
     for name, value in fields.items():
-        if value:  # parsed fields (label, definition, function) win over the raw text of their task
+        if value:  # parsed fields (label, definition) win over the raw text of their task
             attributes[name] = value
     return attributes
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import fiftyone.core.models as fom
 
 from pam_core import AutoMaskSettings, GenerationSettings
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.tasks import Tasks
 
-from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, describe_sample, load_pam, model_name
-from .labels import check_tasks
+from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, ImageRequest, ModelRef, describe_sample
 
 
 class PAMRegionModel(fom.SamplesMixin, fom.Model):
@@ -20,17 +20,16 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
     are the regions; without it every region is found automatically ("describe everything").
     """
 
-    def __init__(self, model=DEFAULT_MODEL, sam2=DEFAULT_SAM2, tasks: Sequence[str] | str = DEFAULT_TASKS,
+    def __init__(self, model=DEFAULT_MODEL, sam2=DEFAULT_SAM2, tasks: Tasks = DEFAULT_TASKS,
                  lang: str = "en", max_regions: int = DEFAULT_MAX_REGIONS, max_new_tokens: int = 512,
                  auto: Optional[AutoMaskSettings] = None, device: str = "auto", dtype: Optional[str] = None,
                  local_files_only: Optional[bool] = None):
         super().__init__()
-        self.tasks = check_tasks(tasks, lang)
-        self.lang = lang
-        self.auto = auto or AutoMaskSettings(max_regions=max_regions)
-        self.generation = GenerationSettings(max_new_tokens=max_new_tokens)
-        self.model_name = model_name(model)
-        self.pam = load_pam(model, sam2, device, dtype, local_files_only)
+        self.request = ImageRequest.of(tasks, lang, GenerationSettings(max_new_tokens=max_new_tokens),
+                                       auto or AutoMaskSettings(max_regions=max_regions))
+        model_ref = ModelRef.of(model, sam2, device, dtype, local_files_only)
+        self.model_name = model_ref.name
+        self.pam = model_ref.load()
         self._preprocess = False
 
     @property
@@ -56,5 +55,4 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
     def predict(self, arg, sample=None):
         prompt_field = (self.needs_fields or {}).get("prompt_field")
         prompt = sample.get_field(prompt_field) if prompt_field else False
-        return describe_sample(self.pam, arg, prompt, self.tasks, self.lang, self.generation, self.auto,
-                               self.model_name)
+        return describe_sample(self.pam, arg, prompt, self.request, self.model_name)

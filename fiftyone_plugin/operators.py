@@ -7,12 +7,13 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
-from pam_core.tasks import LANGUAGES, TASK_NAMES
+from pam_core.tasks import LANGUAGES, TASK_NAMES, VIDEO_CAPTION
 from pam_core.video import CARRY_MODES, parse_segments
 
-from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, caption_search_view, run_pam
+from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, run_pam
 from .labels import PROMPT_LABEL_TYPES, text_fields
-from .video import VIDEO_TASK, captions_field
+from .search import MATCH_MODES, caption_search_view
+from .video import captions_field
 
 AUTOMATIC = "__automatic__"
 # Views up to this many samples may run immediately in the App; larger ones are offered for delegation only.
@@ -62,10 +63,10 @@ class DescribeRegions(foo.Operator):
             inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
                         description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
         task_choices = types.Dropdown(multiple=not video, label="Task" if video else "Tasks")
-        for name in ((VIDEO_TASK,) if video else ()) + TASK_NAMES:
+        for name in ((VIDEO_CAPTION,) if video else ()) + TASK_NAMES:
             task_choices.add_choice(name, label=name)
         if video:
-            inputs.enum("task", task_choices.values(), default=VIDEO_TASK, view=task_choices,
+            inputs.enum("task", task_choices.values(), default=VIDEO_CAPTION, view=task_choices,
                         description="'caption' is PAM's video task; the others are its image tasks")
         else:
             inputs.list("tasks", types.String(), default=list(DEFAULT_TASKS), required=True, view=task_choices)
@@ -101,7 +102,7 @@ class DescribeRegions(foo.Operator):
             max_new_tokens=int(params.get("max_new_tokens", 512)),
             local_files_only=True)  # the App never downloads weights; see the README for fetching them
         if ctx.dataset.media_type == "video":
-            options.update(tasks=params.get("instruction") or params.get("task") or VIDEO_TASK,
+            options.update(tasks=params.get("instruction") or params.get("task") or VIDEO_CAPTION,
                            prompt_frame=params.get("prompt_frame") or None, window=params.get("window") or None,
                            segments=parse_segments(params["segments"]) if params.get("segments") else None,
                            carry=params.get("carry") or "box")
@@ -144,7 +145,7 @@ class SearchCaptions(foo.Operator):
             return types.Property(inputs)
         inputs.enum("label_field", fields, default=fields[0], required=True, label="PAM field")
         inputs.str("query", required=True, label="Words or phrase", description="e.g. red umbrella")
-        inputs.enum("match", ["all", "any", "phrase"], default="all", label="Match", view=types.RadioGroup())
+        inputs.enum("match", list(MATCH_MODES), default="all", label="Match", view=types.RadioGroup())
         return types.Property(inputs, view=types.View(label="PAM: search captions"))
 
     def execute(self, ctx):

@@ -1,7 +1,7 @@
 """A modal panel that shows the full PAM texts of the current sample's regions next to the image.
 
 Long captions do not fit the App's label tooltips; this lists every region (or only the selected ones)
-with its category, definition, function and captions; for videos, each tracked object's segment captions.
+with its category, definition and captions; for videos, each tracked object's segment captions.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import fiftyone.operators.types as types
 from .core import RUNS_INFO_KEY
 from .video import captions_field
 
-SHOWN_ATTRIBUTES = (("definition", "Definition"), ("function", "Function"), ("brief_caption", "Brief caption"),
-                    ("caption", "Caption"), ("answer", "Answer"))
+SHOWN_ATTRIBUTES = (("definition", "Definition"), ("brief_caption", "Brief caption"), ("caption", "Caption"),
+                    ("answer", "Answer"))
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")

@@ -1,6 +1,7 @@
 """Video samples: pam_core tracks the prompted objects with SAM 2 and captions each per segment; here the
 result becomes frame-level `Detections` (`index` = track id) and a sample-level `TemporalDetections` field of
-segment captions. Frame numbers are FiftyOne's (1-based) everywhere in this module's arguments.
+segment captions. Frame numbers are FiftyOne's (1-based) in this module's arguments; `video_settings` turns a
+run's into pam_core's (0-based) and `labels` does the same for prompts and results.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from typing import Optional, Sequence
 
 import fiftyone as fo
 
-from pam_core import PAM, GenerationSettings
-from pam_core.errors import PromptError, VideoError
-from pam_core.tasks import parse_output, resolve_task
-from pam_core.video import CARRY_MODES, open_video
-from pam_core.tasks import resolve_video_task
+from pam_core import PAM, GenerationSettings, VideoSettings
+from pam_core.errors import PromptError, TaskError, VideoError
+from pam_core.tasks import VIDEO_CAPTION, Tasks, parse_output
+from pam_core.video import open_video
 
 from .labels import frame_detection, label_items, segment_detection, video_prompts_from_labels
-
-VIDEO_TASK = "caption"
 
 
 def captions_field(label_field: str) -> str:
@@ -26,19 +24,21 @@ def captions_field(label_field: str) -> str:
     return f"{label_field}_captions"
 
 
-def check_video_settings(task: str, lang: str, carry: str, window: Optional[int],
-                         segments: Optional[Sequence[tuple[int, int]]], prompt_frame: Optional[int]) -> None:
-    """Fail before any work on settings no video could run with."""
-    resolve_video_task(task, lang)
-    if carry not in CARRY_MODES:
-        raise VideoError(f"carry must be one of {', '.join(CARRY_MODES)}, got {carry!r}")
-    if segments is not None and window is not None:
-        raise VideoError("give segments or a window, not both")
-    if window is not None and window < 1:
-        raise VideoError(f"window must be at least 1 frame, got {window}")
+def video_settings(tasks: Optional[Tasks], lang: str, window: Optional[int] = None,
+                   segments: Optional[Sequence[tuple[int, int]]] = None, carry: str = "box") -> VideoSettings:
+    """pam_core's settings of a video run from `apply_pam`'s arguments: its one task (default "caption") and
+    `segments` in FiftyOne frame numbers, which start at 1. pam_core validates the rest."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks or [VIDEO_CAPTION])
+    if len(names) != 1:
+        raise TaskError(f"a video run takes one task (default {VIDEO_CAPTION!r}), got {names}")
     for start, _ in segments or ():
         if start < 1:
             raise VideoError(f"segment starting at frame {start}: FiftyOne frame numbers start at 1")
+    return VideoSettings(task=names[0], lang=lang, window=window, carry=carry,
+                         segments=[(start - 1, end - 1) for start, end in segments] if segments else None)
+
+
+def check_prompt_frame(prompt_frame: Optional[int]) -> None:
     if prompt_frame is not None and prompt_frame < 1:
         raise PromptError(f"prompt frame {prompt_frame}: FiftyOne frame numbers start at 1")
 
@@ -55,19 +55,15 @@ def prompt_labels(sample, prompt_field: str, prompt_frame: Optional[int] = None)
     return {}
 
 
-def describe_video_sample(pam: PAM, filepath: str, labels_by_frame: dict, task: str, lang: str,
-                          generation: GenerationSettings, window: Optional[int],
-                          segments: Optional[Sequence[tuple[int, int]]], carry: str, model_name: str,
-                          mask_dir: Optional[Path] = None, sample_id: str = ""
-                          ) -> tuple[dict[int, fo.Detections], fo.TemporalDetections]:
+def describe_video_sample(pam: PAM, filepath: str, labels_by_frame: dict, settings: VideoSettings,
+                          generation: GenerationSettings, model_name: str, mask_dir: Optional[Path] = None,
+                          sample_id: str = "") -> tuple[dict[int, fo.Detections], fo.TemporalDetections]:
     """One video's PAM labels: {frame number: Detections} for every tracked frame, and the segment captions."""
     source = open_video(filepath)
     prompts, names = video_prompts_from_labels(labels_by_frame, source.info.width, source.info.height)
     if not prompts:
         return {}, fo.TemporalDetections(detections=[])
-    result = pam.describe_video(source, prompts, task=task, lang=lang, window=window, carry=carry,
-                                segments=[(start - 1, end - 1) for start, end in segments] if segments else None,
-                                generation=generation)
+    result = pam.describe_video(source, prompts, settings, generation=generation)
     instances = [fo.Instance() for _ in prompts]
     frames: dict[int, list] = {}
     for tracked in result.frames:
@@ -77,11 +73,9 @@ def describe_video_sample(pam: PAM, filepath: str, labels_by_frame: dict, task: 
         found = frames.setdefault(tracked.frame + 1, [])  # a tracked frame gets Detections, empty or not
         if detection is not None:
             found.append(detection)
-    resolved = None if task == VIDEO_TASK else resolve_task(task, lang)
-    text_key = resolved.instruction if resolved is not None and resolved.name == "free" else None
-    captions = [segment_detection(caption, {text_key or caption.task: caption.text},
-                                  parse_output(resolved, caption.text) if resolved else {}, names[caption.object],
-                                  model_name)
+    task = settings.caption_task
+    captions = [segment_detection(caption, {task.key: caption.text}, parse_output(task, caption.text),
+                                  names[caption.object], model_name)
                 for caption in result.captions]
     return ({number: fo.Detections(detections=found) for number, found in frames.items()},
             fo.TemporalDetections(detections=captions))

@@ -39,7 +39,22 @@ def test_evaluate_pam_scores_labels_samples_and_dataset(tmp_path):
     assert rec["metrics"]["semantic_similarity"] == pytest.approx((1 + car["rec_semantic_similarity"]) / 2)
     assert found["samples"]["s0"]["rec_semantic_iou"] == pytest.approx(3 / 4)
     assert found["samples"]["s1"]["rec_semantic_iou"] is None
-    assert found["info"]["rec"]["metrics"] == rec["metrics"] and found["info"]["rec"]["pred_field"] == "pam"
+
+    # FiftyOne's matching, recorded as for any detection evaluation: "tp" when the paired categories agree
+    gt = found["gt_labels"]
+    assert (dog["rec"], car["rec"], found["labels"]["tree"]["rec"]) == ("tp", "fp", "fp")
+    assert (gt["dog"]["rec"], gt["car"]["rec"], gt["traffic_light"]["rec"]) == ("tp", "fn", "fn")
+    assert dog["rec_id"] == gt["dog"]["id"] and gt["dog"]["rec_id"] == dog["id"] and gt["traffic_light"]["rec_id"] == ""
+    assert dog["rec_iou"] > 0.5 and found["labels"]["tree"].get("rec_iou") is None
+    assert {k: found["samples"]["s1"][k] for k in ("rec_tp", "rec_fp", "rec_fn")} == \
+        {"rec_tp": 0, "rec_fp": 1, "rec_fn": 1}
+
+    # a FiftyOne evaluation run: listed, its config and results stored, its view the evaluated view
+    assert found["evaluations"] == ["cap", "rec"]
+    assert found["rec_config"] == {"method": "pam", "type": "detection", "kind": "recognition", "pred_field": "pam",
+                                   "iou": 0.5}
+    assert found["stored_summary"] == rec and found["stored_region_scores"] == 2
+    assert found["cap_view"] == [["s0"]]
 
     # caption, on a view of s0 only: two regions, CIDEr by hand (N = 2, "the" in both references):
     # identical -> 10; the cat pair -> 10 * (3/4 + 3/5 + 1/4 + 0) / 4 = 4
@@ -53,6 +68,21 @@ def test_evaluate_pam_scores_labels_samples_and_dataset(tmp_path):
     # what the App sorts on: patches worst-first, samples best-first, fields in the schema
     assert found["worst_first"] == ["Category: red car.", "dog"]
     assert found["sorted_samples"][0] == "s0" and found["schema_has_scores"]
+
+    # delete_evaluation removes every field the caption run wrote (scores and matching) and nothing else
+    deleted = found["deleted_fields"]
+    assert all(field.split(".")[-1].startswith("cap") for field in deleted), deleted
+    assert {"cap_cider", "pam.detections.cap_cider", "pam.detections.cap", "pam.detections.cap_id",
+            "gt.detections.cap_iou", "cap_tp"} <= set(deleted)
+    assert found["left_after_delete"] == ["rec"]
+
     # re-run with index matching: "tree" is now paired with "traffic_light" (no shared word)
-    assert found["rerun_tree"]["rec_semantic_iou"] == 0.0 and not math.isnan(found["rerun_tree"]["rec_semantic_similarity"])
+    tree = found["rerun_tree"]
+    assert tree["rec_semantic_iou"] == 0.0 and not math.isnan(tree["rec_semantic_similarity"])
+    assert tree["rec"] == "fp" and tree["rec_iou"] == 0.0
     assert "does not exist" in found["missing_field_error"]
+    assert "no region of 'pam' matches" in found["no_pairs_error"]
+    assert found["final_evaluations"] == ["rec"]
+    assert found["renamed"] == {"recognition_semantic_iou": True, "pam.detections.recognition_semantic_iou": True,
+                                "pam.detections.recognition_id": True, "rec_semantic_iou": False,
+                                "pam.detections.rec_semantic_iou": False}

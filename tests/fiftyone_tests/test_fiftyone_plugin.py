@@ -197,6 +197,8 @@ def test_bad_arguments_fail_before_any_work(pam, images):
     with pytest.raises(ValueError, match="Detections, Keypoints or Polylines"):
         dataset.add_sample_field("tag_label", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
         apply_pam(dataset, prompt_field="tag_label", model=pam)
+    with pytest.raises(ValueError, match="not on a PatchesView"):
+        apply_pam(dataset.to_patches("ground_truth"), model=pam)
     assert "pam" not in dataset.get_field_schema()
 
 
@@ -305,6 +307,9 @@ def test_describe_operator_runs_immediately(images):
     assert result.error is None, result.error
     assert dataset.count("pam.detections") == 2
     assert all(d.caption is not None for d in dataset.first().pam.detections)
+    # the model's name, not the local path of its checkpoint (issue #17: datasets are shared)
+    assert dataset.distinct("pam.detections.pam_model") == [CHECKPOINT.name]
+    assert dataset.info["pam_runs"]["pam"]["model"] == CHECKPOINT.name
 
 
 def test_describe_operator_on_selected_samples(images):
@@ -388,3 +393,41 @@ def test_panel_markdown_shows_full_texts(captioned):
     assert "**pam #1: umbrella**" in text and r"**Caption:** A red umbrella stands open on the sand\." in text
     other = captioned.last().pam.detections[0].id
     assert region_texts_markdown(sample, ["pam"], {other}) == "No PAM regions on this sample."
+
+
+def kill_sample_cursors() -> int:
+    """Kills every open cursor on a samples collection of this database, as MongoDB does to a cursor idle for
+    30 minutes; returns how many it killed."""
+    db = fo.core.odm.get_db_conn()
+    idle = db.client.admin.aggregate([{"$currentOp": {"idleCursors": True, "allUsers": True}},
+                                      {"$match": {"type": "idleCursor", "ns": {"$regex": f"^{db.name}\\.samples\\."}}}])
+    killed = 0
+    for operation in idle:
+        reply = db.command("killCursors", operation["ns"].split(".", 1)[1], cursors=[operation["cursor"]["cursorId"]])
+        killed += len(reply["cursorsKilled"])
+    return killed
+
+
+@pytest.mark.host
+def test_a_resumed_run_loses_no_sample_when_cursors_die(pam, images):
+    """Issue #17: MongoDB kills cursors idle for 30 minutes (a CPU run can take that long over one cursor batch)
+    and FiftyOne re-opens a lost cursor by skipping the samples it had read. A resumed run that iterated "the
+    samples not done yet" while saving them then skipped samples it never described, silently. Here every
+    cursor is killed after every sample, as if PAM had taken half an hour each time."""
+    count = 131  # more than one cursor batch (101 documents)
+    dataset = fo.Dataset("pam-lost-cursor", overwrite=True)
+    dataset.add_samples([fo.Sample(filepath=str(images[0]), ground_truth=fo.Detections()) for _ in range(count)])
+    steps = run_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam)
+    assert next(steps) == (0, count) and next(steps) == (1, count)
+    steps.close()  # interrupted after one sample: the next run resumes
+
+    steps = run_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            summary = stop.value
+            break
+        kill_sample_cursors()
+    assert (summary["skipped"], summary["samples"], summary["failed"]) == (1, count - 1, 0)
+    assert len(dataset.exists("pam")) == count

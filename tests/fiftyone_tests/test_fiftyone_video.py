@@ -171,6 +171,8 @@ def test_bad_video_runs_fail_before_any_work(pam, clip):
         apply_pam(dataset, prompt_field="gt", segments=[(0, 2)], model=pam)
     with pytest.raises(ValueError, match="does not exist"):
         apply_pam(dataset, prompt_field="nothing", model=pam)
+    with pytest.raises(ValueError, match="max_regions: only for image datasets"):
+        apply_pam(dataset, prompt_field="gt", max_regions=4, model=pam)
     assert "pam" not in dataset.get_frame_field_schema() and "pam_captions" not in dataset.get_field_schema()
     images = fo.Dataset("pam-video-options-on-images", overwrite=True)
     images.add_sample(fo.Sample(filepath="/nonexistent/image.png"))
