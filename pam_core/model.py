@@ -93,8 +93,10 @@ class PAMModel(nn.Module):
         config = checkpoint.read_config(folder)
         try:
             # tokenizer.json alone, as the reference's fast tokenizer reads it (AutoTokenizer would also parse
-            # config.json, whose "llava_qwen" type transformers does not know).
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+            # config.json, whose "llava_qwen" type transformers does not know). Quiet: transformers 4.x warns
+            # that tokenizer_config.json names Qwen2Tokenizer, whose fast form this is.
+            with _quiet_transformers():
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot load the tokenizer of {folder}: {exc}") from exc
         llm = _load_llm(folder, config, dt, len(tokenizer))
@@ -193,10 +195,12 @@ def _load_llm(folder: Path, config: PAMConfig, dtype: torch.dtype, vocab: int) -
     """Stock transformers Qwen2 from the checkpoint's `model.*`/`lm_head` tensors, its embedding cut to
     the tokenizer's length as the reference's loader does (`resize_token_embeddings(len(tokenizer))`)."""
     try:
+        # `torch_dtype`, not its 4.56 alias `dtype`: before 4.56 an unknown `dtype` goes on to the model's __init__
+        # (TypeError), while 4.56+ and 5.x still take `torch_dtype` (docs/compatibility.md).
         with _quiet_transformers():  # the checkpoint's PAM and SAM 2 keys are expected to be unused here
             llm, info = Qwen2ForCausalLM.from_pretrained(
-                str(folder), config=config.llm, dtype=dtype, local_files_only=True, attn_implementation="sdpa",
-                output_loading_info=True)
+                str(folder), config=config.llm, torch_dtype=dtype, local_files_only=True,
+                attn_implementation="sdpa", output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot load the LLM weights of {folder}: {exc}") from exc
     missing = sorted(set(info["missing_keys"]) - ({"lm_head.weight"} if config.llm.tie_word_embeddings else set()))

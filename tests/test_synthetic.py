@@ -66,3 +66,31 @@ def test_sam2_weights_load_from_safetensors_too(synthetic_pam, synthetic_checkpo
     save_file(torch.load(sam2, map_location="cpu", weights_only=True)["model"], str(converted))
     other = PAM.from_pretrained(folder, sam2=converted, device="cpu", local_files_only=True)
     assert torch.equal(other.encode(IMAGE)[1].image_embed, synthetic_pam.encode(IMAGE)[1].image_embed)
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(synthetic_pam):
+    """Batched greedy decoding in which rows end at different steps gives each row exactly what it gives
+    alone: when a row leaves, the KV cache (`batch_select_indices`), attention mask, positions and the
+    repetition penalty's history of the rows that go on stay aligned. (The end-of-turn ids are taken from
+    what the random model generates, so rows do end early.)"""
+    from pam_core.generation import DecodingSpec, decode
+
+    model = synthetic_pam.model
+    _, features = synthetic_pam.encode(IMAGE)
+    visual = torch.stack([a.visual_embeds for a in synthetic_pam.analyze_many(features, REGIONS)])
+    tasks = [pam_task(name) for name in ("category", "detailed", "brief")]  # task texts of different lengths
+    prefixes = model.prompt_prefix(visual, tasks[0])
+    task_ids = [model.task_ids(task) for task in tasks]
+    assert len({len(ids) for ids in task_ids}) > 1
+    pad = model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    def run(prefixes, task_ids, eos):  # rows: region 0 task 0, region 0 task 1, ...
+        spec = DecodingSpec(GenerationSettings(max_new_tokens=12), 1.05, eos, pad)
+        return [ids for per_region in decode(model.llm, prefixes, task_ids, spec) for ids, _ in per_region]
+
+    free = run(prefixes, task_ids, (-1,))  # no end token: every row runs the 12 steps
+    eos = (free[0][3], free[2][6])
+    expected = [next((ids[:i] for i, token in enumerate(ids) if token in eos), ids) for ids in free]
+    assert len({len(ids) for ids in expected}) >= 3, expected  # rows leave at different steps, others go on
+    alone = [run(prefixes[r:r + 1], [task_ids[t]], eos)[0] for r in range(len(REGIONS)) for t in range(len(tasks))]
+    assert run(prefixes, task_ids, eos) == alone == expected
