@@ -183,22 +183,22 @@ def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run,
     assert "definition" in _lines(tmp_path / "predictions.jsonl")[0]
 
 
-def test_other_predictions_into_a_used_out_are_refused_not_replaced(tmp_path, capsys):
+def test_other_predictions_into_a_used_out_are_refused_not_replaced(tmp_path, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     rows = [{"id": f"r{i}", "image": "a.png", "refs": ["dog"]} for i in range(2)]
     first = _write_jsonl(tmp_path / "A.jsonl", [{**row, "prediction": "dog"} for row in rows])
     second = _write_jsonl(tmp_path / "B.jsonl", [{**row, "prediction": "red car"} for row in rows])
     out = tmp_path / "out"
-    assert _main(capsys, "eval", "recognition", first, "--out", out, "--no-progress").returncode == 0
+    assert pam_cli("eval", "recognition", first, "--out", out, "--no-progress").returncode == 0
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0
 
-    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--no-progress")
+    proc = pam_cli("eval", "recognition", second, "--out", out, "--no-progress")
     assert proc.returncode == 2
     assert "holds predictions of another run: 2 region(s) (e.g. 'r0')" in proc.stderr
     assert "--restart" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0  # A's results stay
 
-    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--restart", "--no-progress")
+    proc = pam_cli("eval", "recognition", second, "--out", out, "--restart", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 0.0  # B's scores
     assert {p["prediction"] for p in _lines(out / "predictions.jsonl")} == {"red car"}
@@ -258,12 +258,12 @@ def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, pam_
 
 @needs_java
 @pytest.mark.host
-def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
+def test_lang_zh_scores_chinese_captions_by_character(tmp_path, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     rows = [{"id": "same", "image": "a.png", "refs": ["一只狗在公园里跑"], "prediction": "一只狗在公园里跑。"},
             {"id": "other", "image": "a.png", "refs": ["一个红苹果"], "prediction": "一个红房子"}]
     path = _write_jsonl(tmp_path / "zh.jsonl", rows)
-    proc = _main(capsys, "eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
+    proc = pam_cli("eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     scores = {row["id"]: row for row in _lines(tmp_path / "out" / "scores.jsonl")}
     assert scores["same"]["bleu4"] == pytest.approx(1.0, abs=1e-6)

@@ -75,7 +75,7 @@ def run(args) -> int:
     predictions = predict(records, out, eval_run, lambda: load_model(args, max_batch=args.batch, cache_size=1),
                           batch=args.batch, restart=args.restart, show_progress=not args.no_progress)
     embedder = SentenceEmbedder(args.embedder) if args.eval_kind == "recognition" else None
-    metrics, per_region = score(args.eval_kind, records, predictions, embedder, run.lang)
+    metrics, per_region = score(args.eval_kind, records, predictions, embedder, eval_run.lang)
     write_results(out, eval_run, metrics, per_region, str(args.annotations))
     print(format_table(metrics))
     log(f"wrote {out / 'metrics.json'}, {out / 'scores.jsonl'} and {out / 'predictions.jsonl'}")
