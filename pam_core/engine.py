@@ -258,20 +258,24 @@ class PAM:
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,
                        progress: Optional[Progress] = None, on_frame=None, on_caption=None, keep_frames: bool = True,
-                       **options) -> "VideoResult":
+                       history: Optional[str] = None, **options) -> "VideoResult":
         """Track objects through a video (file, frame folder or frame sequence) and caption each per segment.
 
         `prompts`: regions on the prompt frame, or `VideoPrompt(region, frame=K)` each. `settings` is a
         `VideoSettings` (prompt frame, task, lang, segments or window, carry, backward); keyword `options`
         override its fields, e.g. `describe_video("clip.mp4", [box], task="caption", window=32)`. `on_frame`
         receives each frame's `ObjectFrame`s and `on_caption` each `SegmentCaption` as soon as they exist.
+        `history` is the caption that came before this clip (e.g. the previous event's, in PAM's streaming
+        protocol): each object's first segment is conditioned on it instead of "None"; later segments are
+        conditioned on the object's own previous caption. Only the "caption" task takes a history.
         Returns a `VideoResult`; see `pam_core.video` for the tracking rules.
         """
         from .video import VideoSettings, describe_video
 
         settings = (settings or VideoSettings()).replace(**options)
         return describe_video(self.model, self.generate, video, prompts, settings, generation=generation, fps=fps,
-                              progress=progress, on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames)
+                              progress=progress, on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames,
+                              history=history)
 
     @staticmethod
     def _result(index: int, prompt: str, analysis: RegionAnalysis, tasks: list[Task], generations: list[Generation],

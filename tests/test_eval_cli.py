@@ -183,22 +183,22 @@ def test_resume_with_other_settings_is_refused_unless_restarted(recognition_run,
     assert "definition" in _lines(tmp_path / "predictions.jsonl")[0]
 
 
-def test_other_predictions_into_a_used_out_are_refused_not_replaced(tmp_path, capsys):
+def test_other_predictions_into_a_used_out_are_refused_not_replaced(tmp_path, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     rows = [{"id": f"r{i}", "image": "a.png", "refs": ["dog"]} for i in range(2)]
     first = _write_jsonl(tmp_path / "A.jsonl", [{**row, "prediction": "dog"} for row in rows])
     second = _write_jsonl(tmp_path / "B.jsonl", [{**row, "prediction": "red car"} for row in rows])
     out = tmp_path / "out"
-    assert _main(capsys, "eval", "recognition", first, "--out", out, "--no-progress").returncode == 0
+    assert pam_cli("eval", "recognition", first, "--out", out, "--no-progress").returncode == 0
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0
 
-    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--no-progress")
+    proc = pam_cli("eval", "recognition", second, "--out", out, "--no-progress")
     assert proc.returncode == 2
     assert "holds predictions of another run: 2 region(s) (e.g. 'r0')" in proc.stderr
     assert "--restart" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 1.0  # A's results stay
 
-    proc = _main(capsys, "eval", "recognition", second, "--out", out, "--restart", "--no-progress")
+    proc = pam_cli("eval", "recognition", second, "--out", out, "--restart", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["metrics"]["semantic_iou"] == 0.0  # B's scores
     assert {p["prediction"] for p in _lines(out / "predictions.jsonl")} == {"red car"}
@@ -256,14 +256,66 @@ def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, pam_
     assert scores["V_demo/2"]["rouge_l"] == pytest.approx(5 / 6)
 
 
+VIDEO_BOX = [30, 50, 110, 130]  # the fixture video's object on its first frames (320x240)
+
+
+@needs_fixture
 @needs_java
 @pytest.mark.host
-def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
+@pytest.mark.slow
+def test_streaming_events_are_generated_chained_per_video_and_resumed(tmp_path, pam, pam_cli, monkeypatch):
+    frames = sorted((FIXTURE / "inputs" / "video").glob("*.jpg"))[:6]
+    root = tmp_path / "V_fixture"
+    root.mkdir()
+    for file in frames:
+        shutil.copy(file, root / file.name)
+    events = [{"event_id": k + 1, "frames": [f.name for f in frames[2 * k:2 * k + 2]], "gt": gt, "box": [VIDEO_BOX]}
+              for k, gt in enumerate(["a bird sits on a branch", "the bird turns its head", "the bird flies off"])]
+    source = _write_jsonl(tmp_path / "input_full.jsonl", [{"type": "video", "image_root": str(root),
+                                                           "annotations": events}])
+    converted = tmp_path / "streaming.jsonl"
+    assert pam_cli("eval", "convert", "streaming", source, converted).returncode == 0
+    records = load_annotations(converted)
+    assert [(r.id, r.video, r.event) for r in records] == [(f"V_fixture/{k}", "V_fixture", k) for k in (1, 2, 3)]
+
+    whole = tmp_path / "whole"
+    proc = pam_cli("eval", "caption", converted, "--out", whole, *MODEL_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    predicted = _lines(whole / "predictions.jsonl")
+    assert [p["id"] for p in predicted] == [r.id for r in records]
+    history = None  # each event is what the API gives with the previous event's prediction as history
+    for record, line in zip(records, predicted):
+        result = pam.describe_video(record.frames, [Region.from_box(VIDEO_BOX)], history=history,
+                                    generation=GenerationSettings(max_new_tokens=6), keep_frames=False)
+        assert line["history"] == history and line["prediction"] == result.captions[0].text
+        history = line["prediction"]
+    metrics = json.loads((whole / "metrics.json").read_text())["metrics"]
+    assert metrics["regions"] == 3 and all(np.isfinite(metrics[name]) for name in ("meteor", "cider"))
+
+    resumed = tmp_path / "resumed"  # what a run stopped after two events leaves
+    resumed.mkdir()
+    shutil.copy(whole / "run.json", resumed)
+    lines = (whole / "predictions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (resumed / "predictions.jsonl").write_text("".join(lines[:2]), encoding="utf-8")
+    calls = []
+    describe_video = type(pam).describe_video
+    monkeypatch.setattr(type(pam), "describe_video", lambda self, *a, **k: calls.append(k["history"])
+                        or describe_video(self, *a, **k))
+    proc = pam_cli("eval", "caption", converted, "--out", resumed, *MODEL_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [predicted[1]["prediction"]]  # only the third event, after the stored second prediction
+    assert _lines(resumed / "predictions.jsonl") == predicted
+    assert json.loads((resumed / "metrics.json").read_text())["metrics"] == metrics
+
+
+@needs_java
+@pytest.mark.host
+def test_lang_zh_scores_chinese_captions_by_character(tmp_path, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     rows = [{"id": "same", "image": "a.png", "refs": ["一只狗在公园里跑"], "prediction": "一只狗在公园里跑。"},
             {"id": "other", "image": "a.png", "refs": ["一个红苹果"], "prediction": "一个红房子"}]
     path = _write_jsonl(tmp_path / "zh.jsonl", rows)
-    proc = _main(capsys, "eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
+    proc = pam_cli("eval", "caption", path, "--out", tmp_path / "out", "--lang", "zh", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     scores = {row["id"]: row for row in _lines(tmp_path / "out" / "scores.jsonl")}
     assert scores["same"]["bleu4"] == pytest.approx(1.0, abs=1e-6)
@@ -279,6 +331,15 @@ def test_lang_zh_scores_chinese_captions_by_character(tmp_path, capsys):
     ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "line 1 (id m): the mask is not a valid COCO RLE"),
     ('{"image": "missing.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "image file not found"),
     ('\n', "holds no annotations"),
+    ('{"frames": ["a.png"], "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V"}\n',
+     "give 'video' and 'event' together"),
+    ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V", "event": 1}\n',
+     "a streaming event ('video', 'event') needs 'frames'"),
+    ('{"frames": ["a.png"], "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V", "event": "1"}\n',
+     "'event' must be a whole number"),
+    ('{"id": "e1", "frames": ["a.png"], "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V", "event": 1}\n'
+     '{"id": "e2", "frames": ["a.png"], "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V", "event": 1}\n',
+     "line 2: event 1 of video 'V' is also region 'e1'"),
 ])
 def test_bad_annotations_fail_with_a_clear_message(tmp_path, content, message, pam_cli):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")

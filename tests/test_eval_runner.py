@@ -1,6 +1,7 @@
 """`pam eval`'s resume rule with a stand-in for PAM: only predictions made from the same input are reused."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,8 @@ from pam_core.evaluation.runner import PREDICTIONS, EvalRun, predict
 
 
 class FakePAM:
-    """Answers every region with its box, and counts the regions it was asked about."""
+    """Answers every region with its box and every video clip with its first frame and history, and records
+    what it was asked. Stands in for PAM where only the runner's order and bookkeeping are under test."""
 
     def __init__(self):
         self.asked = []
@@ -19,6 +21,11 @@ class FakePAM:
     def describe(self, image, prompts, task, lang, generation):
         self.asked += [p.box for p in prompts]
         return [SimpleNamespace(text=f"box {p.box}", fields={}) for p in prompts]
+
+    def describe_video(self, frames, prompts, *, task, lang, generation, history, keep_frames):
+        assert task == "caption" and len(prompts) == 1 and not keep_frames
+        self.asked.append((Path(frames[0]).stem, history))
+        return SimpleNamespace(captions=[SimpleNamespace(text=f"{Path(frames[0]).stem} after {history}")])
 
 
 @pytest.fixture
@@ -86,3 +93,55 @@ def test_lines_without_an_input_key_are_another_run(records, tmp_path):
                                    encoding="utf-8")
     with pytest.raises(EvalError, match="another run"):
         _predict(records, out, FakePAM())
+
+
+@pytest.fixture
+def events(tmp_path):
+    """Two videos' events in shuffled file order; event 2 of video A carries a given prediction."""
+    frames = {}
+    for name in ("a1", "a2", "a3", "a5", "b1"):
+        frames[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (32, 32)).save(frames[name])
+
+    def event(name, video, number, prediction=None):
+        return Annotation(id=name, refs=["x"], frames=[str(frames[name])], region={"box": [1, 1, 9, 9]},
+                          video=video, event=number, prediction=prediction)
+
+    return [event("a3", "A", 3), event("b1", "B", 1), event("a1", "A", 1), event("a5", "A", 5),
+            event("a2", "A", 2, prediction="given two")]
+
+
+def test_video_events_are_captioned_in_order_each_after_the_previous_prediction(events, tmp_path):
+    pam = FakePAM()
+    done = _predict(events, tmp_path / "out", pam)
+    assert pam.asked == [("a1", None), ("a3", "given two"), ("a5", "a3 after given two"), ("b1", None)]
+    assert done["a5"]["prediction"] == "a5 after a3 after given two" and done["a5"]["history"] == "a3 after given two"
+    lines = [json.loads(line)["id"] for line in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    assert lines == ["a2", "a1", "a3", "a5", "b1"]  # each written as it is done
+
+
+def test_a_resumed_streaming_run_conditions_on_the_stored_prediction(events, tmp_path):
+    out = tmp_path / "out"
+    whole = _predict(events, out, FakePAM())
+    lines = (out / PREDICTIONS).read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / PREDICTIONS).write_text("".join(lines[:3]), encoding="utf-8")  # stopped after a2, a1 and a3
+    resumed = FakePAM()
+    assert _predict(events, out, resumed) == whole
+    assert resumed.asked == [("a5", "a3 after given two"), ("b1", None)]
+
+
+def test_an_event_whose_previous_prediction_changed_is_not_reused(events, tmp_path):
+    out = tmp_path / "out"
+    _predict(events, out, FakePAM())
+    changed = [e if e.id != "a2" else Annotation(**{**vars(e), "prediction": "other two"}) for e in events]
+    with pytest.raises(EvalError, match=r"2 region\(s\) \(e.g. 'a3'\)"):  # a2 itself and a3, which followed it
+        _predict(changed, out, FakePAM())
+    inserted = [*events, Annotation(id="b0", refs=["x"], frames=events[1].frames, region={"box": [1, 1, 9, 9]},
+                                    video="B", event=0)]
+    with pytest.raises(EvalError, match=r"1 region\(s\) \(e.g. 'b1'\)"):  # b1 now follows an unpredicted event
+        _predict(inserted, out, FakePAM())
+
+
+def test_recognition_does_not_generate_video_regions(events, tmp_path):
+    with pytest.raises(EvalError, match="pam eval recognition scores video regions from given predictions only"):
+        predict(events, tmp_path / "out", EvalRun.create("recognition", model=None), FakePAM, show_progress=False)

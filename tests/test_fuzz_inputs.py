@@ -59,6 +59,7 @@ envelopes = st.fixed_dictionaries({"image": st.just("a.png"), "refs": st.just(["
 records = envelopes | st.fixed_dictionaries({}, optional={
     "id": json_values, "image": st.text(max_size=10) | json_values,
     "frames": st.lists(st.text(max_size=5)) | json_values, "region": json_regions | json_values,
+    "video": st.text(max_size=5) | json_values, "event": st.integers() | json_values,
     "refs": st.lists(st.text(max_size=10), max_size=3) | st.text() | json_values,
     "prediction": st.text(max_size=10) | json_values, "colour": json_values})
 lines = (records.map(lambda r: json.dumps(r).encode()) | json_values.map(lambda v: json.dumps(v).encode())

@@ -148,6 +148,20 @@ def test_streaming_captions_carry_the_box_and_the_previous_caption(pam, tmp_path
 
 
 @needs_fixture
+def test_history_conditions_the_first_segment_and_later_ones_chain_on(pam, tmp_path, monkeypatch):
+    asked = []
+    generate = pam.generate
+    monkeypatch.setattr(pam, "generate", lambda task, *a, **k: asked.append(task) or generate(task, *a, **k))
+    result = pam.describe_video(_frame_folder(tmp_path, 2), [Region.from_box(BOX)], window=1, generation=FAST,
+                                history="a man opens the door.")
+    first, _ = result.captions
+    assert asked[0].instruction.endswith("Previous caption: a man opens the door.")
+    assert asked[1].instruction.endswith(f"Previous caption: {first.text}")
+    with pytest.raises(SettingsError, match="history conditions the video caption task"):
+        pam.describe_video(FRAMES[:1], [Region.from_box(BOX)], task="brief", history="x")
+
+
+@needs_fixture
 def test_memory_carry_tracks_continuously_like_one_segment(pam, tmp_path):
     folder = _frame_folder(tmp_path, 4)
     whole = pam.describe_video(folder, [Region.from_box(BOX)], generation=FAST)

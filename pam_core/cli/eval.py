@@ -31,10 +31,11 @@ def add_parser(commands) -> None:
         k.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions")
         k.add_argument("--batch", type=int, default=16, metavar="N",
                        help="regions of one image decoded together; predictions are saved after each batch "
-                            "(default: %(default)s)")
+                            "(default: %(default)s); video regions go one clip at a time")
         k.add_argument("--restart", action="store_true",
                        help="discard earlier predictions in --out instead of resuming")
-        k.add_argument("--task", default=task, help="PAM task for the predictions (default: %(default)s)")
+        k.add_argument("--task", default=task, help="PAM task for the image regions' predictions (default: "
+                       "%(default)s); video regions are asked PAM's video task 'caption'")
         k.add_argument("--lang", default="en", choices=LANGUAGES, help="language of the task prompt (default: en)")
         if kind == "recognition":
             k.add_argument("--embedder", default=None,
@@ -75,7 +76,7 @@ def run(args) -> int:
     predictions = predict(records, out, eval_run, lambda: load_model(args, max_batch=args.batch, cache_size=1),
                           batch=args.batch, restart=args.restart, show_progress=not args.no_progress)
     embedder = SentenceEmbedder(args.embedder) if args.eval_kind == "recognition" else None
-    metrics, per_region = score(args.eval_kind, records, predictions, embedder, run.lang)
+    metrics, per_region = score(args.eval_kind, records, predictions, embedder, eval_run.lang)
     write_results(out, eval_run, metrics, per_region, str(args.annotations))
     print(format_table(metrics))
     log(f"wrote {out / 'metrics.json'}, {out / 'scores.jsonl'} and {out / 'predictions.jsonl'}")

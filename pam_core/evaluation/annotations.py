@@ -4,13 +4,15 @@ One line:
 
     {"id": "lvis/397133/0",                      # unique; defaults to the line number
      "image": "val2017/000000397133.jpg",        # or "frames": [...] for a video region
+     "video": "V_x", "event": 2,                 # optional, with frames: event 2 of video V_x (a streaming event)
      "region": {"box": [x0, y0, x1, y1]},        # or {"points": [[x, y], ...], "labels": [1, ...]}
                                                  # or {"mask": {"size": [h, w], "counts": ...}} (COCO RLE)
                                                  # or {"mask": "masks/0001.png"}
      "refs": ["dog"],                            # category name(s) or reference caption(s)
      "prediction": "..."}                        # optional: score this text instead of running PAM
 
-Relative paths are resolved against `image_root` (default: the JSONL file's folder).
+Relative paths are resolved against `image_root` (default: the JSONL file's folder). The events of one `video`
+are captioned in `event` order, each conditioned on the previous event's prediction (PAM's streaming protocol).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Annotation:
     frames: Optional[list[str]] = None
     region: dict = field(default_factory=dict)
     prediction: Optional[str] = None
+    video: Optional[str] = None  # the video a streaming event belongs to (with `frames`)
+    event: Optional[int] = None  # the event's place in its video: events are chained in ascending order
 
     @property
     def media_key(self) -> str:
@@ -58,6 +62,8 @@ class Annotation:
             data["image"] = self.image
         if self.frames is not None:
             data["frames"] = self.frames
+        if self.video is not None:
+            data["video"], data["event"] = self.video, self.event
         data["region"] = self.region
         data["refs"] = self.refs
         if self.prediction is not None:
@@ -73,9 +79,10 @@ def _parse(data: object, line: int, root: Path) -> Annotation:
     where = f"line {line}"
     if not isinstance(data, dict):
         raise EvalError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    unknown = set(data) - {"id", "image", "frames", "region", "refs", "prediction"}
+    unknown = set(data) - {"id", "image", "frames", "video", "event", "region", "refs", "prediction"}
     if unknown:
-        raise EvalError(f"{where}: unknown keys {sorted(unknown)}; use id, image, frames, region, refs, prediction")
+        raise EvalError(f"{where}: unknown keys {sorted(unknown)}; use id, image, frames, video, event, region, refs, "
+                        "prediction")
     ident = str(data.get("id", line))
     where = f"{where} (id {ident})"
     refs = data.get("refs")
@@ -88,8 +95,19 @@ def _parse(data: object, line: int, root: Path) -> Annotation:
         raise EvalError(f"{where}: give exactly one of 'image' (a path) or 'frames' (a list of paths)")
     if image is not None and not isinstance(image, str):
         raise EvalError(f"{where}: 'image' must be a path string")
-    if frames is not None and (not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames)):
+    if frames is not None and not (isinstance(frames, list) and frames and all(isinstance(f, str) for f in frames)):
         raise EvalError(f"{where}: 'frames' must be a non-empty list of paths")
+    video, event = data.get("video"), data.get("event")
+    if (video is None) != (event is None):
+        raise EvalError(f"{where}: give 'video' and 'event' together (the video a streaming event belongs to and "
+                        "its place in it)")
+    if video is not None:
+        if frames is None:
+            raise EvalError(f"{where}: a streaming event ('video', 'event') needs 'frames', not 'image'")
+        if not isinstance(video, str) or not video:
+            raise EvalError(f"{where}: 'video' must be a non-empty string naming the video")
+        if not isinstance(event, int) or isinstance(event, bool):
+            raise EvalError(f"{where}: 'event' must be a whole number (the event's place in its video)")
     region = data.get("region", {})
     if not isinstance(region, dict):
         raise EvalError(f"{where}: 'region' must be an object with box, points (+labels) or mask")
@@ -108,7 +126,7 @@ def _parse(data: object, line: int, root: Path) -> Annotation:
         raise EvalError(f"{where}: a region (box, points or mask) is needed to run PAM on it")
     return Annotation(id=ident, refs=refs, image=_resolve(image, root) if image else None,
                       frames=[_resolve(f, root) for f in frames] if frames else None, region=region,
-                      prediction=prediction)
+                      prediction=prediction, video=video, event=event)
 
 
 def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
@@ -118,7 +136,7 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
     if not path.is_file():
         raise EvalError(f"annotation file not found: {path}")
     root = Path(image_root) if image_root is not None else path.parent
-    records, seen = [], set()
+    records, seen, events = [], set(), {}
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # bytes that are not UTF-8: see below
         for number, line in enumerate(fh, 1):
             if limit is not None and len(records) >= limit:
@@ -137,6 +155,11 @@ def load_annotations(path: str | Path, image_root: Optional[str | Path] = None,
             if record.id in seen:
                 raise EvalError(f"{path}, line {number}: duplicate id {record.id!r}")
             seen.add(record.id)
+            if record.video is not None:
+                other = events.setdefault((record.video, record.event), record.id)
+                if other != record.id:
+                    raise EvalError(f"{path}, line {number}: event {record.event} of video {record.video!r} is "
+                                    f"also region {other!r}; every event of a video needs its own number")
             records.append(record)
     if not records:
         raise EvalError(f"{path} holds no annotations")
@@ -232,7 +255,8 @@ def from_osprey(path: str | Path) -> Iterator[Annotation]:
 
 def from_streaming(path: str | Path) -> Iterator[Annotation]:
     """The reference's streaming-caption files: `input_full.jsonl` (events with `frames`, `gt`, `box`) or
-    its output layout (events with `gt` and `pred`). One record per event; a prediction is kept.
+    its output layout (events with `gt` and `pred`). One record per event, with its video (the name of the
+    video's `image_root`) and its `event_id` as the event order; a prediction is kept.
 
     The reference does not say whether `box` is xyxy; 242 of its 945 boxes are not valid xyxy boxes. Those
     events keep their box under `region.box_source` and cannot be run through PAM until fixed by hand.
@@ -253,17 +277,23 @@ def from_streaming(path: str | Path) -> Iterator[Annotation]:
             raise EvalError(f"{path}: video {number} has no 'annotations' list")
         root = video.get("image_root", "")
         name = Path(root).name or str(number)
-        for event in video["annotations"]:
+        for position, event in enumerate(video["annotations"], 1):
+            if not isinstance(event, dict):
+                raise EvalError(f"{path}: video {name} event {position} is not a JSON object")
+            order = event.get("event_id", position)
+            if not isinstance(order, int) or isinstance(order, bool):
+                raise EvalError(f"{path}: video {name} event {position}: 'event_id' must be a whole number, "
+                                f"got {order!r}")
             if "gt" not in event:
-                raise EvalError(f"{path}: video {name} event {event.get('event_id')} has no 'gt' caption")
+                raise EvalError(f"{path}: video {name} event {order} has no 'gt' caption")
             region = {}
             boxes = event.get("box") or []
             if boxes:
                 x0, y0, x1, y1 = (float(v) for v in boxes[0])
                 region = {"box": [x0, y0, x1, y1]} if x1 > x0 and y1 > y0 else {"box_source": boxes[0]}
             frames = [str(Path(root) / f) for f in event.get("frames", [])] or [str(Path(root))]
-            yield Annotation(id=f"{name}/{event.get('event_id')}", frames=frames, region=region,
-                             refs=[event["gt"].strip()], prediction=event.get("pred"))
+            yield Annotation(id=f"{name}/{order}", frames=frames, region=region, refs=[event["gt"].strip()],
+                             prediction=event.get("pred"), video=name, event=order)
 
 
 CONVERTERS = {"coco-captions": from_coco_captions, "osprey": from_osprey, "streaming": from_streaming}

@@ -10,7 +10,7 @@ downloads Stanford CoreNLP at run time). The tokenizer and METEOR run Java. Chin
 are split into characters here instead (`chinese_tokens`), since the PTB tokenizer keeps an unspaced run
 of ideographs as one token.
 
-Every text is whitespace-normalised first (`normalize_whitespace`), see docs/evaluation-rules.md.
+Every text is whitespace-normalised first (`normalize_whitespace`), see docs/evaluation.md.
 """
 
 from __future__ import annotations

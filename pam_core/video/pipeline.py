@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import PromptError
+from ..errors import PromptError, SettingsError
 from ..generation import Generation, GenerationSettings
 from ..model import PAMModel
 from ..progress import Progress
 from ..prompts import Box, Region, RegionLike, as_region, mask_box
 from ..segmenter import Segmentation
-from ..tasks import Task
+from ..tasks import VIDEO_CAPTION, Task
 from ..rle import mask_to_rle
 from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult
 from .segments import Segment, VideoSettings, llm_frame_indices, plan_segments
@@ -86,8 +86,8 @@ class _ObjectTrack:
     tracker: Optional[ObjectTracker] = field(default=None, init=False)
     clip: Optional[ClipEmbeds] = field(default=None, init=False)
     clip_prompt: str = field(default="", init=False)  # what conditioned the clip's first frame
+    history: Optional[str] = None  # the caption before its first segment's; then its own last caption
     last_box: Optional[Box] = field(default=None, init=False)
-    history: Optional[str] = field(default=None, init=False)
 
     def is_tracked(self, index: int, segment: Optional[Segment]) -> bool:
         """From the prompt frame on: inside segments with box carry, on every frame with memory carry."""
@@ -162,14 +162,15 @@ def describe_video(model: PAMModel, generate: Generate, video: VideoLike | Frame
                    progress: Optional[Progress] = None,
                    on_frame: Optional[Callable[[list[ObjectFrame]], None]] = None,
                    on_caption: Optional[Callable[[SegmentCaption], None]] = None,
-                   keep_frames: bool = True) -> VideoResult:
+                   keep_frames: bool = True, history: Optional[str] = None) -> VideoResult:
     """Track every prompted object through the video and caption it per segment with `generate` (one
     region's text from its visual embeddings); see `PAM.describe_video`."""
     task = settings.caption_task
+    _check_history(history, task)
     source = open_video(video, fps)
     info = source.info
     plan = plan_segments(info.num_frames, settings.segments, settings.window)
-    tracks = _object_tracks(prompts, settings, info, plan, model)
+    tracks = _object_tracks(prompts, settings, info, plan, model, history)
     captions: list[SegmentCaption] = []
     kept: list[ObjectFrame] = []
     remaining = iter(plan)
@@ -202,8 +203,19 @@ def describe_video(model: PAMModel, generate: Generate, video: VideoLike | Frame
     return VideoResult(info, plan, captions, kept)
 
 
+def _check_history(history: Optional[str], task: Task) -> None:
+    """A history only means something to the video caption task, whose prompt carries it."""
+    if history is None:
+        return
+    if not isinstance(history, str):
+        raise SettingsError(f"history must be the previous caption (a string) or None, got {type(history).__name__}")
+    if task.with_history(history) is task:  # other tasks come back unchanged
+        raise SettingsError(f"history conditions the video caption task ({VIDEO_CAPTION!r}) only; task "
+                            f"{task.key!r} has no previous caption in its prompt")
+
+
 def _object_tracks(prompts, settings: VideoSettings, info: VideoInfo, plan: list[Segment],
-                   model: PAMModel) -> list[_ObjectTrack]:
+                   model: PAMModel, history: Optional[str]) -> list[_ObjectTrack]:
     """One track per prompt; every prompt is checked against the video and the segment plan before any
     frame is tracked."""
     if isinstance(prompts, (Region, dict, VideoPrompt)):
@@ -222,7 +234,7 @@ def _object_tracks(prompts, settings: VideoSettings, info: VideoInfo, plan: list
         region = as_region(prompt.region).validated(info.width, info.height)
         at = int(prompt.frame)
         span = next(s for s in plan if at in s) if settings.carry == "box" else Segment(0, info.num_frames - 1)
-        tracks.append(_ObjectTrack(index, region, at, span, settings.carry, model, info))
+        tracks.append(_ObjectTrack(index, region, at, span, settings.carry, model, info, history=history))
     return tracks
 
 
