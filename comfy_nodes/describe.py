@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import comfy.model_management as mm
+import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-import comfy.model_management as mm
-import comfy.utils
-from pam_core import (PAM, LANGUAGES, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region,
-                      RegionResult)
+from pam_core import LANGUAGES, PAM, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region, RegionResult
 from pam_core.automask import ORDERS
 from pam_core.tasks import resolve_tasks
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import comfy.model_management as mm
+import folder_paths
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management as mm
-import folder_paths
 from pam_core import ModelSource, WeightsNotFoundError, load_pam
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, PAM_MODELS, SAM2_HUB_FILES
 from pam_core.model import DTYPES

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-import comfy.model_management as mm
 from pam_core import PAM
 
 from .regions import PAMRegions

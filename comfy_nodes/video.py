@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
-
 import comfy.model_management as mm
 import comfy.utils
+from comfy_api.latest import io, ui
+
 from pam_core import TASK_NAMES, GenerationSettings, VideoSettings
 from pam_core.tasks import VIDEO_CAPTION
 from pam_core.video import CARRY_MODES, SegmentCaption
 
-from .describe import (IMAGE_TASKS_HELP, connected_prompt_inputs, editor_input, prompt_regions, requested_tasks,
-                       text_inputs)
+from .describe import (
+    IMAGE_TASKS_HELP,
+    connected_prompt_inputs,
+    editor_input,
+    prompt_regions,
+    requested_tasks,
+    text_inputs,
+)
 from .regions import PAMRegions
 from .types import PAMModelType, PAMRegionsType
 

@@ -22,8 +22,14 @@ from pam_core.io import load_image
 from pam_core.tasks import Tasks
 
 from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
-from .video import (captions_field, check_prompt_frame, describe_video_sample, prompt_labels, video_settings,
-                    write_video_labels)
+from .video import (
+    captions_field,
+    check_prompt_frame,
+    describe_video_sample,
+    prompt_labels,
+    video_settings,
+    write_video_labels,
+)
 
 DEFAULT_TASKS = ("category", "detailed")
 DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import fiftyone as fo
+import numpy as np
 from PIL import Image
 
 from pam_core import Region

@@ -2,8 +2,17 @@
 
 from .automask import AutoMaskSettings
 from .engine import PAM, FeatureCache, RegionAnalysis, RegionResult
-from .errors import (CheckpointError, DeviceError, ImageError, PAMError, PromptError, SettingsError,
-                     TaskError, VideoError, WeightsNotFoundError)
+from .errors import (
+                     CheckpointError,
+                     DeviceError,
+                     ImageError,
+                     PAMError,
+                     PromptError,
+                     SettingsError,
+                     TaskError,
+                     VideoError,
+                     WeightsNotFoundError,
+)
 from .generation import GenerationSettings
 from .loading import ModelSource, load_pam
 from .prompts import Region
@@ -13,6 +22,7 @@ from .video import VideoPrompt, VideoResult, VideoSettings
 __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
-    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError", "WeightsNotFoundError",
+    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
+    "WeightsNotFoundError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
 ]

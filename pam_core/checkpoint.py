@@ -73,7 +73,8 @@ def resolve_model_dir(model: str | os.PathLike, local_files_only: Optional[bool]
 
 def _checked_model_dir(path: Path) -> Path:
     if not path.is_dir():
-        raise CheckpointError(f"PAM checkpoint must be a folder (config.json, tokenizer, *.safetensors), got file {path}")
+        raise CheckpointError(f"PAM checkpoint must be a folder (config.json, tokenizer, *.safetensors), "
+                              f"got file {path}")
     missing = [name for name in PAM_REQUIRED_FILES if not (path / name).is_file()]
     if not weight_files(path):
         missing.append("model.safetensors (or model.safetensors.index.json + shards)")
@@ -111,7 +112,8 @@ def weight_files(path: Path) -> list[Path]:
             raise CheckpointError(f"cannot read {index}: {exc}") from exc
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
-            raise CheckpointError(f"PAM checkpoint {path} is missing shards {', '.join(missing)} listed in {index.name}")
+            raise CheckpointError(f"PAM checkpoint {path} is missing shards {', '.join(missing)} "
+                                  f"listed in {index.name}")
         return [path / s for s in shards]
     single = path / "model.safetensors"
     return [single] if single.is_file() else []
@@ -136,8 +138,8 @@ def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torc
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     wrong = [k for k in expected if k in given and expected[k].shape != given[k].shape]
-    problems = [f"{len(keys)} {what} (e.g. {keys[:3]})"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys]
+    kinds = (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong))
+    problems = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in kinds if keys]
     return ", ".join(problems)
 
 

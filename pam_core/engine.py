@@ -23,7 +23,6 @@ from .prompts import Box, Region, RegionLike, as_region, mask_box
 from .segmenter import ImageFeatures, Segmentation
 from .tasks import Task, Tasks, parse_output, resolve_tasks
 
-
 if TYPE_CHECKING:  # annotations only: the video package does not import the engine
     from .video import VideoResult, VideoSettings
 

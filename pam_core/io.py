@@ -148,7 +148,10 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128)]
 
 
-def draw_overlay(image: Image.Image, regions: Iterable[tuple[np.ndarray, tuple[float, float, float, float] | None, str]]) -> Image.Image:
+OverlayRegion = tuple[np.ndarray, Optional[tuple[float, float, float, float]], str]  # mask, xyxy box, label
+
+
+def draw_overlay(image: Image.Image, regions: Iterable[OverlayRegion]) -> Image.Image:
     """The image with each region's mask tinted, its box outlined and its label written at the box."""
     canvas = np.asarray(image.convert("RGB")).astype(np.float32)
     labels = []

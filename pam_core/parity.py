@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .engine import PAM, RegionAnalysis
-from .generation import GenerationSettings
 from .errors import CheckpointError
+from .generation import GenerationSettings
 from .prompts import Region
 from .tasks import IMAGE_PLACEHOLDER, task_for_instruction
 
@@ -244,4 +244,5 @@ def _task(pam: PAM, case: str, folder: Path, prompt: str, visual_embeds: torch.T
 def format_row(row: ParityRow) -> str:
     err = "" if row.max_abs_err is None else f"{row.max_abs_err:.3e}"
     tol = "" if row.tolerance is None else f"{row.tolerance:.0e}"
-    return f"{row.case:<28} {row.quantity:<34} {err:>10} {tol:>6}  {row.status}{'  ' + row.detail if row.detail else ''}"
+    detail = "  " + row.detail if row.detail else ""
+    return f"{row.case:<28} {row.quantity:<34} {err:>10} {tol:>6}  {row.status}{detail}"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import torch
-from torch import nn
 from sam2.modeling.position_encoding import PositionEmbeddingRandom
 from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock
+from torch import nn
 
 from .config import PerceiverConfig
 from .errors import CheckpointError

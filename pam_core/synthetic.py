@@ -52,7 +52,8 @@ def tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerBase:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [PROMPT_TEMPLATE] + [s for v in TASK_STRINGS.values() for s in v.values()] + list(VIDEO_CAPTION_STRINGS.values())
+    task_texts = [text for strings in TASK_STRINGS.values() for text in strings.values()]
+    corpus = [PROMPT_TEMPLATE, *task_texts, *VIDEO_CAPTION_STRINGS.values()]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus * 4, trainer)

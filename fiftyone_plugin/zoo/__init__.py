@@ -7,10 +7,9 @@ Hiera-L (`sam2.1_hiera_large.pt`).
 
 from pathlib import Path
 
+from fiftyone_plugin.model import PAMRegionModel
 from pam_core.checkpoint import DEFAULT_SAM2, SAM2_HUB_FILES
 from pam_core.errors import WeightsNotFoundError
-
-from fiftyone_plugin.model import PAMRegionModel
 
 HUB_REPOS = {"pam-1.5b": "Perceive-Anything/PAM-1.5B", "pam-3b": "Perceive-Anything/PAM-3B"}
 SAM2_FILE = SAM2_HUB_FILES[DEFAULT_SAM2][0]

@@ -16,8 +16,19 @@ from ..generation import GenerationSettings
 from ..io import draw_overlay, load_image, mask_to_png, save_png, write_json
 from ..prompts import Region
 from ..tasks import LANGUAGES, resolve_tasks
-from .common import (box_region, decoding_options, load_model, log, model_options, model_source, points_region,
-                     progress_log, prompt_options, sampling_options, settings_from)
+from .common import (
+    box_region,
+    decoding_options,
+    load_model,
+    log,
+    model_options,
+    model_source,
+    points_region,
+    progress_log,
+    prompt_options,
+    sampling_options,
+    settings_from,
+)
 
 DEFAULT_TASK = "category"
 

@@ -18,8 +18,19 @@ from ..io import mask_to_png, save_png, write_json
 from ..prompts import Region
 from ..tasks import LANGUAGES
 from ..video import CARRY_MODES, VideoPrompt, VideoSettings, open_video, plan_segments
-from .common import (box_region, decoding_options, load_model, log, model_options, model_source, points_region,
-                     progress_log, prompt_options, sampling_options, settings_from)
+from .common import (
+    box_region,
+    decoding_options,
+    load_model,
+    log,
+    model_options,
+    model_source,
+    points_region,
+    progress_log,
+    prompt_options,
+    sampling_options,
+    settings_from,
+)
 
 
 def add_parser(commands) -> None:

@@ -25,8 +25,16 @@ from ..generation import GenerationSettings
 from ..io import write_atomic, write_json
 from ..tasks import VIDEO_CAPTION
 from .annotations import Annotation
-from .metrics import (CAPTION_METRICS, DEFAULT_TASKS, RECOGNITION_METRICS, EvalError, SentenceEmbedder,
-                      caption_scores, mean, recognition_scores)
+from .metrics import (
+    CAPTION_METRICS,
+    DEFAULT_TASKS,
+    RECOGNITION_METRICS,
+    EvalError,
+    SentenceEmbedder,
+    caption_scores,
+    mean,
+    recognition_scores,
+)
 
 PREDICTIONS, RUN, METRICS, SCORES = "predictions.jsonl", "run.json", "metrics.json", "scores.jsonl"
 

@@ -6,8 +6,8 @@ a run returns, and `pipeline` drives them (`describe_video`, behind `PAM.describ
 why memory stays bounded however long the clip, and how a prompt on a later frame is tracked backward.
 """
 
-from .pipeline import describe_video
 from ..rle import mask_to_rle, rle_to_mask
+from .pipeline import describe_video
 from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult
 from .segments import CARRY_MODES, Segment, VideoSettings, llm_frame_indices, parse_segments, plan_segments
 from .sources import FrameSource, VideoInfo, VideoLike, open_video

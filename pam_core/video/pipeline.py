@@ -27,9 +27,9 @@ from ..generation import Generation, GenerationSettings
 from ..model import PAMModel
 from ..progress import Progress
 from ..prompts import Box, Region, RegionLike, as_region, mask_box
+from ..rle import mask_to_rle
 from ..segmenter import Segmentation
 from ..tasks import VIDEO_CAPTION, Task
-from ..rle import mask_to_rle
 from .results import ObjectFrame, SegmentCaption, VideoPrompt, VideoResult
 from .segments import Segment, VideoSettings, llm_frame_indices, plan_segments
 from .sources import FrameSource, VideoInfo, VideoLike, open_video
