@@ -1,24 +1,13 @@
 """Test environment: no hub access, CPU, and the shared golden fixture when the machine has it."""
 
 import os
-import signal
-import subprocess
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pam_tiny"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
-
-
-def interruptible(command: list, **kwargs) -> subprocess.Popen:
-    """A child that SIGINT reaches as Ctrl-C in a terminal does, even when the test run itself inherited SIGINT
-    ignored (a background job of a non-interactive shell, e.g. `nohup ... &`), which Python children keep."""
-    return subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+from helpers import FIXTURE  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from PIL import Image
 from pam_core import PAM, AutoMaskSettings, GenerationSettings, Region, SettingsError, TaskError
 from pam_core.automask import find_objects
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 
 pytestmark = needs_fixture
 IMAGE = FIXTURE / "inputs" / "image.png"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 from pam_core import GenerationSettings, Region
 
 pytestmark = needs_fixture

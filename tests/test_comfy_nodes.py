@@ -26,7 +26,7 @@ from PIL import Image
 from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLE_VIDEO, EXAMPLES, EXTRA_CHECKPOINT_NAME,
                        FIXTURE_AUTOMASK, LATEST_FRONTEND, LONG_VIDEO, NODE_MODULES, SAM2_NAME, VIDEO_FRAMES, comfy_server,
                        get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
-from conftest import FIXTURE
+from helpers import FIXTURE
 from comfy_nodes.prompts import Prompts, masks_for_image, parse_boxes, parse_editor, parse_points
 from comfy_nodes.regions import PAMRegions
 from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region

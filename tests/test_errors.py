@@ -18,7 +18,7 @@ from pam_core import (PAM, CheckpointError, DeviceError, GenerationSettings, Ima
 from pam_core import cli
 from pam_core.tasks import resolve_task
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 CHECKPOINT = FIXTURE / "checkpoint"

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, interruptible, needs_fixture
+from helpers import FIXTURE, interruptible, needs_fixture, needs_java
 from pam_core import GenerationSettings, Region
 from pam_core.evaluation import CONVERTERS, EvalError, load_annotations
 
 MODEL_ARGS = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
               "--device", "cpu", "--max-new-tokens", "6", "--no-progress"]
 IMAGE = FIXTURE / "inputs" / "image.png"
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java")
 
 
 def _pam(*args, timeout=600):
@@ -209,6 +208,7 @@ def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path,
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["regions"] == 2
 
 
+@pytest.mark.host
 @needs_fixture
 @needs_java
 def test_caption_run_with_the_fixture_model(dataset, capsys):
@@ -231,6 +231,7 @@ STREAMING_OUTPUT = {  # the reference's output layout (eval/example_data/output_
 }
 
 
+@pytest.mark.host
 @needs_java
 def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, capsys):
     source = tmp_path / "output_tmp.jsonl"

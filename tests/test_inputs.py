@@ -16,7 +16,7 @@ from pam_core import PAM, GenerationSettings, Region
 from pam_core.io import load_image, load_mask
 from pam_core.tasks import parse_output, resolve_task
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 WIDTH, HEIGHT = 640, 480

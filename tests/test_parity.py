@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 from pam_core.checkpoint import weight_files
 from pam_core.parity import run_parity
 

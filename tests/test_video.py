@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, interruptible, needs_fixture
+from helpers import FIXTURE, interruptible, needs_fixture
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, SettingsError, TaskError, VideoError
 from pam_core.video import (VideoPrompt, VideoSettings, llm_frame_indices, mask_to_rle, open_video, parse_segments, plan_segments,

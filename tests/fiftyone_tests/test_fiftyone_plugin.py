@@ -16,10 +16,10 @@ import fiftyone.zoo as foz
 from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.core import run_pam
 from fiftyone_plugin.panel import region_texts_markdown
+from helpers import FIXTURE, needs_fixture
 from pam_core import AutoMaskSettings, Region
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
+pytestmark = [pytest.mark.host, needs_fixture]
 CHECKPOINT = FIXTURE / "checkpoint"
 SAM2 = FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"
 PLUGIN = "@pam-suite/pam"

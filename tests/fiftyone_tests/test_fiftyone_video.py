@@ -11,13 +11,14 @@ import fiftyone.operators as foo
 from fiftyone_plugin import apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
 from fiftyone_plugin.panel import region_texts_markdown
+from helpers import needs_fixture
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, TaskError, VideoError
 from pam_core.video import VideoPrompt
 
-from .test_fiftyone_plugin import CHECKPOINT, FIXTURE, PLUGIN, SAM2
+from .test_fiftyone_plugin import CHECKPOINT, PLUGIN, SAM2
 
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
+pytestmark = [pytest.mark.host, needs_fixture]
 FAST = GenerationSettings(max_new_tokens=4)
 FRAMES = 4
 # Pixel boxes of the 320x240 clip whose relative coordinates are exact binary fractions, so the prompt that
