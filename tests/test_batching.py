@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pam_core import PAM, AutoMaskSettings, GenerationSettings, Region, SettingsError, TaskError
-from pam_core.automask import find_objects
-
 from helpers import FIXTURE, needs_fixture
+from pam_core import PAM, AutoMaskSettings, GenerationSettings, Region, SettingsError, TaskError, cli
+from pam_core.automask import find_objects
 
 pytestmark = needs_fixture
 IMAGE = FIXTURE / "inputs" / "image.png"
@@ -221,13 +220,17 @@ def test_auto_mask_settings_are_checked(bad, message):
         AutoMaskSettings(**bad)
 
 
+CLI_MODEL = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
+             "--local-files-only", "--max-new-tokens", "6"]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pam_core.cli", "describe", str(IMAGE),
-                           "--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
-                           "--local-files-only", "--max-new-tokens", "6", *args],
+    """`pam describe IMAGE ...` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "pam_core.cli", "describe", str(IMAGE), *CLI_MODEL, *args],
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_everything_with_two_tasks(tmp_path):
     proc = _cli("--everything", "--max-regions", "3", "--points-per-side", "4", "--task", "category",
                 "--task", "brief", "--out", str(tmp_path), "--json")
@@ -246,7 +249,8 @@ def test_cli_everything_with_two_tasks(tmp_path):
     (("--box", "1,2,30,40", "--max-batch", "0"), "--max-batch"),
     (("--everything", "--max-regions", "0"), "max_regions"),
 ])
-def test_cli_rejects_bad_batching_options(tmp_path, args, message):
-    proc = _cli(*args, "--out", str(tmp_path))
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_rejects_bad_batching_options(capsys, tmp_path, args, message):
+    code = cli.main(["describe", str(IMAGE), *CLI_MODEL, *args, "--out", str(tmp_path)])  # in-process: no model load
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "results.json").exists()

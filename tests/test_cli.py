@@ -65,6 +65,7 @@ def test_describe_matches_the_api(cli_run, pam):
         assert np.array_equal(result.mask, np.asarray(Image.open(out / record["mask_png"])) > 0)
 
 
+@pytest.mark.slow
 def test_describe_free_instruction_and_mask_prompt(tmp_path):
     mask = np.zeros((480, 640), dtype=np.uint8)
     mask[100:200, 300:420] = 255

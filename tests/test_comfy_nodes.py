@@ -225,12 +225,14 @@ def saved_images(base: Path, ui_output: dict) -> list[np.ndarray]:
             for item in ui_output["images"]]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_pack_loads_every_node(engine):
     results, _ = engine
     assert results["loaded_pam_nodes"] == PAM_NODES
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
     results, base = engine
@@ -244,6 +246,7 @@ def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
     assert overlay.shape == original.shape and (overlay != original).any()
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engine, pam):
     results, base = engine
@@ -259,6 +262,7 @@ def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engin
     assert overlay.shape == (480, 640, 3)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
     results, base = engine
@@ -277,6 +281,7 @@ def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
     assert json.loads(as_json) == [{"image": 0, **r.to_dict()} for r in described]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_kjnodes_points_and_custom_instruction(engine, pam):
     results, _ = engine
@@ -286,6 +291,7 @@ def test_kjnodes_points_and_custom_instruction(engine, pam):
     assert entry["outputs"]["4"]["text"] == ["\n".join(lines(want))]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_errors_say_what_to_do(engine):
     results, base = engine
@@ -310,6 +316,7 @@ def example_video(base: Path) -> Path:
     return base / "input" / EXAMPLE_VIDEO
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_video_caption_example_gives_pam_core_captions_and_a_captioned_video(engine, pam):
     import av
@@ -328,6 +335,7 @@ def test_video_caption_example_gives_pam_core_captions_and_a_captioned_video(eng
     assert len(frames) == VIDEO_FRAMES and frames[0].shape == (240, 320, 3)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_video_masks_and_regions_match_pam_core(engine, pam):
     results, base = engine
@@ -354,6 +362,7 @@ def test_video_masks_and_regions_match_pam_core(engine, pam):
     assert json.loads(as_json) == per_object
 
 
+@pytest.mark.host
 @needs_comfyui
 @pytest.mark.parametrize("job, message", [
     ("video_no_prompt", "no object to track: click on the frame"),
@@ -422,6 +431,7 @@ def server_prompt(url: str, workflow: str) -> dict:
                                                 lambda kind: info[kind]["input"] if kind in info else None), TOKENS)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_runs_click_to_caption(servers):
     url, base = servers("bundled")
@@ -451,6 +461,7 @@ def test_server_runs_click_to_caption(servers):
     assert history[prompt_id]["status"]["status_str"] == "success"
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_interrupt_stops_between_regions(servers):
     url, _ = servers("bundled")
@@ -466,6 +477,7 @@ def test_server_interrupt_stops_between_regions(servers):
     assert max(done) < 10
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_video_progress_per_frame_and_cancel(servers):
     url, base = servers("bundled")
@@ -488,6 +500,7 @@ def test_server_video_progress_per_frame_and_cancel(servers):
 
 # --- (c) headless Chromium --------------------------------------------------------------------------------
 
+@pytest.mark.host
 @needs_comfyui
 @pytest.mark.skipif(not (NODE_MODULES / "playwright-core").is_dir(), reason="playwright-core is not installed")
 @pytest.mark.parametrize("frontend", ["bundled", "latest", "latest-vue"])

@@ -152,6 +152,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     assert again.stdout == proc.stdout
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, capsys):
     _, full = recognition_run

@@ -147,6 +147,7 @@ def test_streaming_captions_carry_the_box_and_the_previous_caption(pam, tmp_path
     assert frame0.box is not None and Region.from_box(frame0.box).validated(320, 240)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_memory_carry_tracks_continuously_like_one_segment(pam, tmp_path):
     folder = _frame_folder(tmp_path, 4)
@@ -161,6 +162,7 @@ def test_memory_carry_tracks_continuously_like_one_segment(pam, tmp_path):
     assert boxed.frames[2].object_score != pytest.approx(whole.frames[2].object_score, abs=1e-5)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
     folder = _frame_folder(tmp_path, 4)
@@ -176,6 +178,7 @@ def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
     assert set(forward.masks(1)) == {2, 3} and [c.text for c in forward.captions] == [c.text for c in result.captions]
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_backward_tracking_is_sam2_reverse_propagation(pam, tmp_path):
     """Frames before a later prompt are tracked back from it exactly as SAM2VideoPredictor's
@@ -244,6 +247,7 @@ def _cli(*args, **kwargs):
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_on_a_generated_mp4(tmp_path):
     clip = _write_mp4(tmp_path / "clip.mp4", FRAMES[:4])
@@ -261,6 +265,7 @@ def test_cli_on_a_generated_mp4(tmp_path):
     assert len((out / "captions.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_on_a_frame_folder_with_prompts_on_two_frames(tmp_path):
     folder = _frame_folder(tmp_path, 3)
@@ -281,6 +286,7 @@ def test_cli_on_a_frame_folder_with_prompts_on_two_frames(tmp_path):
     assert [t["frame"] for t in tracks] == [1, 2]
 
 
+@pytest.mark.slow
 def test_cli_errors_are_messages(tmp_path):
     (tmp_path / "empty").mkdir()
     junk = tmp_path / "junk.mov"
@@ -299,6 +305,7 @@ def test_cli_errors_are_messages(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_interrupted_leaves_valid_output(tmp_path):
     folder = _frame_folder(tmp_path, 12)
