@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE
+from helpers import FIXTURE, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "comfyui"
@@ -122,12 +121,6 @@ def workflow_to_prompt(workflow: dict, input_types) -> dict:
 
 def load_example(name: str) -> dict:
     return json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

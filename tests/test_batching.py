@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import FIXTURE, needs_fixture
 from pam_core import PAM, AutoMaskSettings, GenerationSettings, Region, SettingsError, TaskError
 from pam_core.automask import find_objects
-
-from conftest import FIXTURE, needs_fixture
 
 pytestmark = needs_fixture
 IMAGE = FIXTURE / "inputs" / "image.png"
@@ -76,7 +75,8 @@ def test_several_tasks_fill_the_parsed_fields_and_json(together):
     assert result.task == "category" and result.text == result.texts["category"]
     assert result.fields == {"label": result.texts["category"].rstrip(".。")}
     record = result.to_dict()
-    assert record["texts"] == result.texts and record["task"] == "category" and record["label"] == result.fields["label"]
+    assert record["texts"] == result.texts and record["task"] == "category"
+    assert record["label"] == result.fields["label"]
 
 
 def test_small_batches_give_the_same_results(pam, together):
@@ -90,7 +90,8 @@ def test_small_batches_give_the_same_results(pam, together):
 
 def test_progress_reports_each_batch(pam):
     calls = []
-    PAM(pam.model, max_batch=3).describe(IMAGE, REGIONS, task="category", generation=GenerationSettings(max_new_tokens=2),
+    PAM(pam.model, max_batch=3).describe(IMAGE, REGIONS, task="category",
+                                         generation=GenerationSettings(max_new_tokens=2),
                                          progress=lambda i, n, msg: calls.append((i, n, msg)))
     assert [(i, n) for i, n, _ in calls] == [(0, 7), (3, 7), (6, 7), (7, 7)]
     assert calls[1][2] == "regions 4-6 of 7"
@@ -224,6 +225,7 @@ CLI_MODEL = ["--model", FIXTURE / "checkpoint", "--sam2", FIXTURE / "sam2" / "sa
 CLI_OPEN = [arg for name, value in OPEN.items() for arg in (f"--{name.replace('_', '-')}", value)]
 
 
+@pytest.mark.slow
 def test_cli_everything_with_two_tasks(pam_cli, tmp_path):
     proc = pam_cli("describe", IMAGE, *CLI_MODEL, "--everything", "--max-regions", "3", *CLI_OPEN,
                    "--task", "category", "--task", "brief", "--out", tmp_path, "--json")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 from pam_core import AutoMaskSettings, GenerationSettings, Region
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+
 MODEL_ARGS = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
               "--device", "cpu", "--max-new-tokens", "6"]
 IMAGE = FIXTURE / "inputs" / "image.png"
@@ -94,6 +95,7 @@ def test_describe_matches_the_api(cli_run, pam):
         assert np.array_equal(result.mask, np.asarray(Image.open(out / record["mask_png"])) > 0)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_describe_free_instruction_and_mask_prompt(pam_cli, tmp_path):
     mask = np.zeros((480, 640), dtype=np.uint8)

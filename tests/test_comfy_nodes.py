@@ -21,14 +21,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from comfy_env import (
+    ARTIFACTS,
+    CHECKPOINT_NAME,
+    COMFY_DIR,
+    EXAMPLE_IMAGE,
+    EXAMPLE_VIDEO,
+    EXAMPLES,
+    EXTRA_CHECKPOINT_NAME,
+    FIXTURE_AUTOMASK,
+    LATEST_FRONTEND,
+    LONG_VIDEO,
+    NODE_MODULES,
+    SAM2_NAME,
+    VIDEO_FRAMES,
+    comfy_server,
+    get_json,
+    load_example,
+    make_base,
+    needs_comfyui,
+    use_fixture_model,
+    workflow_to_prompt,
+)
 from PIL import Image
 
-from comfy_env import (ARTIFACTS, CHECKPOINT_NAME, COMFY_DIR, EXAMPLE_IMAGE, EXAMPLE_VIDEO, EXAMPLES, EXTRA_CHECKPOINT_NAME,
-                       FIXTURE_AUTOMASK, LATEST_FRONTEND, LONG_VIDEO, NODE_MODULES, SAM2_NAME, VIDEO_FRAMES, comfy_server,
-                       get_json, load_example, make_base, needs_comfyui, use_fixture_model, workflow_to_prompt)
-from conftest import FIXTURE
 from comfy_nodes.prompts import Prompts, mask_regions, parse_boxes, parse_editor, parse_points
 from comfy_nodes.regions import PAMRegions
+from helpers import FIXTURE
 from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
 from pam_core.prompts import mask_box
 from pam_core.video import ObjectFrame, Segment, SegmentCaption, VideoInfo, VideoResult, mask_to_rle
@@ -230,6 +249,7 @@ def saved_images(base: Path, ui_output: dict) -> list[np.ndarray]:
             for item in ui_output["images"]]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_pack_loads_every_node(engine):
     results, _ = engine
@@ -238,6 +258,7 @@ def test_pack_loads_every_node(engine):
     assert results["models_in_pam_core_cache"] == 1
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
     results, base = engine
@@ -251,6 +272,7 @@ def test_click_to_caption_example_gives_pam_core_texts(engine, pam):
     assert overlay.shape == original.shape and (overlay != original).any()
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engine, pam):
     results, base = engine
@@ -266,6 +288,7 @@ def test_describe_everything_example_gives_pam_core_regions_with_two_tasks(engin
     assert overlay.shape == (480, 640, 3)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
     results, base = engine
@@ -284,6 +307,7 @@ def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
     assert json.loads(as_json) == [{"image": 0, **r.to_dict()} for r in described]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_kjnodes_points_and_custom_instruction(engine, pam):
     results, _ = engine
@@ -293,6 +317,7 @@ def test_kjnodes_points_and_custom_instruction(engine, pam):
     assert entry["outputs"]["4"]["text"] == ["\n".join(lines(want))]
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_errors_say_what_to_do(engine):
     results, base = engine
@@ -311,14 +336,15 @@ def test_errors_say_what_to_do(engine):
 
 def caption_lines(result) -> str:
     """The captions output of PAM Video for a pam_core VideoResult: one line per object and segment."""
-    return "\n".join(f"object {c.object}, frames {c.start_frame}-{c.end_frame} ({c.start_time:.2f}-{c.end_time:.2f} s): "
-                     f"{' '.join(c.text.split())}" for c in result.captions)
+    return "\n".join(f"object {c.object}, frames {c.start_frame}-{c.end_frame} "
+                     f"({c.start_time:.2f}-{c.end_time:.2f} s): {' '.join(c.text.split())}" for c in result.captions)
 
 
 def example_video(base: Path) -> Path:
     return base / "input" / EXAMPLE_VIDEO
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_video_caption_example_gives_pam_core_captions_and_a_captioned_video(engine, pam):
     import av
@@ -337,6 +363,7 @@ def test_video_caption_example_gives_pam_core_captions_and_a_captioned_video(eng
     assert len(frames) == VIDEO_FRAMES and frames[0].shape == (240, 320, 3)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_video_masks_and_regions_match_pam_core(engine, pam):
     results, base = engine
@@ -345,7 +372,8 @@ def test_video_masks_and_regions_match_pam_core(engine, pam):
     want = pam.describe_video(example_video(base), [Region.from_box(VIDEO_BOX), Region.from_points([VIDEO_POINT])],
                               frame=1, task="category", segments=[(0, 2), (3, 4)],
                               generation=GenerationSettings(max_new_tokens=VIDEO_TOKENS))
-    assert [(c.object, c.start_frame, c.end_frame) for c in want.captions] == [(0, 1, 2), (1, 1, 2), (0, 3, 4), (1, 3, 4)]
+    spans = [(c.object, c.start_frame, c.end_frame) for c in want.captions]
+    assert spans == [(0, 1, 2), (1, 1, 2), (0, 3, 4), (1, 3, 4)]
     assert entry["outputs"]["5"]["text"] == [caption_lines(want)]
     masks = saved_images(base, entry["outputs"]["7"])  # one mask per frame: the union of both objects
     assert len(masks) == VIDEO_FRAMES and all(m.shape[:2] == (240, 320) for m in masks)
@@ -363,6 +391,7 @@ def test_video_masks_and_regions_match_pam_core(engine, pam):
     assert json.loads(as_json) == per_object
 
 
+@pytest.mark.host
 @needs_comfyui
 @pytest.mark.parametrize("job, message", [
     ("video_no_prompt", "give at least one object prompt (a box, points or a mask)"),
@@ -431,6 +460,7 @@ def server_prompt(url: str, workflow: str) -> dict:
                                                 lambda kind: info[kind]["input"] if kind in info else None), TOKENS)
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_runs_click_to_caption(servers):
     url, base = servers("bundled")
@@ -460,6 +490,7 @@ def test_server_runs_click_to_caption(servers):
     assert history[prompt_id]["status"]["status_str"] == "success"
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_interrupt_stops_between_regions(servers):
     url, _ = servers("bundled")
@@ -475,6 +506,7 @@ def test_server_interrupt_stops_between_regions(servers):
     assert max(done) < 10
 
 
+@pytest.mark.host
 @needs_comfyui
 def test_server_video_progress_per_frame_and_cancel(servers):
     url, base = servers("bundled")
@@ -497,6 +529,7 @@ def test_server_video_progress_per_frame_and_cancel(servers):
 
 # --- (c) headless Chromium --------------------------------------------------------------------------------
 
+@pytest.mark.host
 @needs_comfyui
 @pytest.mark.skipif(not (NODE_MODULES / "playwright-core").is_dir(), reason="playwright-core is not installed")
 @pytest.mark.parametrize("frontend", ["bundled", "latest", "latest-vue"])

@@ -10,11 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pam_core import (PAM, CheckpointError, DeviceError, GenerationSettings, ImageError, PAMError, PromptError, Region,
-                      TaskError, WeightsNotFoundError)
+from helpers import FIXTURE, needs_fixture
+from pam_core import (
+    PAM,
+    CheckpointError,
+    DeviceError,
+    GenerationSettings,
+    ImageError,
+    PAMError,
+    PromptError,
+    Region,
+    TaskError,
+    WeightsNotFoundError,
+)
 from pam_core.tasks import resolve_task
-
-from conftest import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 CHECKPOINT = FIXTURE / "checkpoint"

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, interruptible, needs_fixture
+from helpers import FIXTURE, interruptible, needs_fixture, needs_java
 from pam_core import GenerationSettings, Region
 from pam_core.evaluation import CONVERTERS, EvalError, load_annotations
 
 MODEL_ARGS = ["--model", str(FIXTURE / "checkpoint"), "--sam2", str(FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"),
               "--device", "cpu", "--max-new-tokens", "6", "--no-progress"]
 IMAGE = FIXTURE / "inputs" / "image.png"
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java")
 
 
 def _rle(mask: np.ndarray) -> dict:
@@ -141,6 +140,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(recognition_run, dataset, t
     assert again.stdout == proc.stdout
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_run_stopped_with_ctrl_c_resumes_to_the_same_metrics(recognition_run, dataset, tmp_path, pam_cli):
     _, full = recognition_run
@@ -216,6 +216,7 @@ def test_limit_scores_only_the_first_regions(recognition_run, dataset, tmp_path,
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["regions"] == 2
 
 
+@pytest.mark.host
 @needs_fixture
 @needs_java
 def test_caption_run_with_the_fixture_model(dataset, pam_cli):
@@ -238,6 +239,7 @@ STREAMING_OUTPUT = {  # the reference's output layout (eval/example_data/output_
 }
 
 
+@pytest.mark.host
 @needs_java
 def test_streaming_output_is_converted_and_scored_without_a_model(tmp_path, pam_cli):
     source = tmp_path / "output_tmp.jsonl"
@@ -328,7 +330,8 @@ def test_lang_zh_scores_chinese_captions_by_character(tmp_path, pam_cli):
     ('{"refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "exactly one of 'image'"),
     ('{"image": "a.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "colour": 1}\n', "unknown keys ['colour']"),
     ('{"id": 7, "image": "a.png", "refs": ["x"], "region": {"box": [1, 2]}}\n', "annotation 7: a box needs 4 numbers"),
-    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n', "line 1 (id m): the mask is not a valid COCO RLE"),
+    ('{"id": "m", "image": "a.png", "refs": ["x"], "region": {"mask": {"counts": "abc"}}}\n',
+     "line 1 (id m): the mask is not a valid COCO RLE"),
     ('{"image": "missing.png", "refs": ["x"], "region": {"box": [0, 0, 5, 5]}}\n', "image file not found"),
     ('\n', "holds no annotations"),
     ('{"frames": ["a.png"], "refs": ["x"], "region": {"box": [0, 0, 5, 5]}, "video": "V"}\n',

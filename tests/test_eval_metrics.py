@@ -1,14 +1,20 @@
 """Evaluation metrics against values worked out by hand (or with independent code) for tiny cases."""
 
 import math
-import shutil
 
 import numpy as np
 import pytest
 
-from pam_core.evaluation import (SentenceEmbedder, caption_scores, chinese_tokens, clean_category, clean_prediction,
-                                 recognition_scores, semantic_iou)
-
+from helpers import needs_java
+from pam_core.evaluation import (
+    SentenceEmbedder,
+    caption_scores,
+    chinese_tokens,
+    clean_category,
+    clean_prediction,
+    recognition_scores,
+    semantic_iou,
+)
 
 # --- recognition --------------------------------------------------------------------------------------------
 
@@ -111,14 +117,12 @@ CIDER_A = 10 * ((4 * L15**2 + 3 * L3**2) / (4 * L15**2 + 4 * L3**2) + 3 / 5 + 1 
 CIDER_C = 10 * ((L15**2 + L3**2) / (L15**2 + 2 * L3**2) + 1 / 2 + 0 + 0) / 4
 
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java (scripts/test-setup/eval.sh)")
-
-
 @pytest.fixture(scope="module")
 def corpus_scores():
     return caption_scores(CORPUS_REFS, CORPUS_PREDS)
 
 
+@pytest.mark.host
 @needs_java
 def test_identical_caption_gets_maximal_scores(corpus_scores):
     _, per_region = corpus_scores
@@ -130,6 +134,7 @@ def test_identical_caption_gets_maximal_scores(corpus_scores):
     assert b["cider"] == pytest.approx(10.0)  # CIDEr-D's maximum for a single reference
 
 
+@pytest.mark.host
 @needs_java
 def test_caption_scores_match_hand_computed_values(corpus_scores):
     corpus, per_region = corpus_scores
@@ -153,6 +158,7 @@ def test_caption_scores_match_hand_computed_values(corpus_scores):
     assert corpus["cider"] == pytest.approx((CIDER_A + 10 + CIDER_C) / 3, abs=1e-9)
 
 
+@pytest.mark.host
 @needs_java
 def test_caption_scores_are_keyed_by_region_whatever_the_order():
     refs = {"z": ["a red apple"], "y": ["a dog runs in the park"], "x": ["the cat is on the mat"]}

@@ -6,18 +6,16 @@ fixture image and one multi-region describe call are module fixtures that severa
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import FIXTURE, needs_fixture
 from pam_core import PAM, GenerationSettings, Region
 from pam_core.checkpoint import resolve_sam2, sam2_config_path
 from pam_core.io import load_image, load_mask
 from pam_core.tasks import parse_output, resolve_task
-
-from conftest import FIXTURE, needs_fixture
 
 IMAGE = FIXTURE / "inputs" / "image.png"
 WIDTH, HEIGHT = 640, 480
@@ -283,7 +281,8 @@ def test_bfloat16_on_cpu_loads_and_describes():
 def test_chinese_task_strings():
     assert resolve_task("detailed", "zh").instruction == ZH_DETAILED
     assert resolve_task("category", "zh").instruction == "对该目标对象进行分类并提供标签"
-    assert resolve_task("detailed", "en").instruction == "Provide a comprehensive and detailed description for this subject."
+    detailed_en = "Provide a comprehensive and detailed description for this subject."
+    assert resolve_task("detailed", "en").instruction == detailed_en
     assert resolve_task("detailed", "zh").lang == "zh"
 
 

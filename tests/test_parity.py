@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import FIXTURE, needs_fixture
+from helpers import FIXTURE, needs_fixture
 from pam_core.checkpoint import weight_files
 from pam_core.parity import run_parity
 
@@ -45,28 +45,41 @@ def _by_status(rows):
     return out
 
 
-def test_release_layout_matches_reference():
-    rows = run_parity(FIXTURE)
-    status = _by_status(rows)
+# what each kind of case must have compared (besides the per-task decoding rows)
+IMAGE_QUANTITIES = {"sam2_mid_image_embed", "mask_logits", "visual_embeds", "inputs_embeds", "first_step_logits",
+                    "greedy_ids", "greedy_gencfg_ids", "input_ids", "mask_binary"}
+# the video case: per-frame SAM 2 features, masks and scores, the 16 LLM frames and the 5168 embeddings
+VIDEO_QUANTITIES = {"sam2_mid_image_embed_frame0", "sam2_mid_image_embed_frame19", "sam2_mid_mask_tokens_all_frames",
+                    "masks_binary_all_frames", "object_score_per_frame", "llm_frames", "visual_embeds"}
+RELEASE_CASES = {"image_box": IMAGE_QUANTITIES, "image_points": IMAGE_QUANTITIES, "video_box": VIDEO_QUANTITIES}
+
+
+def _spec_cases() -> dict:
+    return {case["name"]: case for case in json.loads((FIXTURE / "spec.json").read_text())["cases"]}
+
+
+def test_every_fixture_case_is_checked():
+    cases = _spec_cases()
+    assert set(cases) == set(RELEASE_CASES)
+    assert any(case["type"] == "video" for case in cases.values())
+
+
+# the video case (20 frames through SAM 2 and the LLM) is the slow one; the image cases take about a second each
+@pytest.mark.parametrize("case", ["image_box", "image_points", pytest.param("video_box", marks=pytest.mark.slow)])
+def test_release_layout_matches_reference(case):
+    status = _by_status(run_parity(FIXTURE, cases=[case]))
     assert not status.get("FAIL"), [r for r in status.get("FAIL", [])]
-    quantities = {r.quantity for r in status["PASS"]}
-    assert {"sam2_mid_image_embed", "mask_logits", "visual_embeds", "inputs_embeds", "first_step_logits",
-            "greedy_ids", "greedy_gencfg_ids", "input_ids", "mask_binary"} <= quantities
-    # the video case: per-frame SAM 2 features, masks and scores, the 16 LLM frames and the 5168 embeddings
-    video = {r.quantity for r in status["PASS"] if r.case == "video_box"}
-    assert {"sam2_mid_image_embed_frame0", "sam2_mid_image_embed_frame19", "sam2_mid_mask_tokens_all_frames",
-            "masks_binary_all_frames", "object_score_per_frame", "llm_frames", "visual_embeds"} <= video
-    # every task of every case was checked, and nothing was skipped
-    spec = json.loads((FIXTURE / "spec.json").read_text())
-    tasks = {f"{c['name']}/{t}" for c in spec["cases"] for t in c["tasks"]}
-    assert tasks == {r.case for r in status["PASS"] if r.quantity == "greedy_ids"}
-    assert any(c["type"] == "video" for c in spec["cases"])
     assert not status.get("NOT SUPPORTED")
+    assert RELEASE_CASES[case] <= {r.quantity for r in status["PASS"]}
+    # every task of the case was checked
+    tasks = {f"{case}/{task}" for task in _spec_cases()[case]["tasks"]}
+    assert tasks == {r.case for r in status["PASS"] if r.quantity == "greedy_ids"}
 
 
-IMAGE_CASES = ["--case", "image_box", "--case", "image_points"]  # the video case runs in the first test
+IMAGE_CASES = ["--case", "image_box", "--case", "image_points"]  # the video case runs in the release layout
 
 
+@pytest.mark.slow
 def test_plain_layout_matches_reference_via_cli(tmp_path):
     fixture = _fixture_copy(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],
@@ -81,7 +94,8 @@ def test_plain_layout_matches_reference_via_cli(tmp_path):
 
 def test_parity_detects_a_wrong_weight_and_cli_exits_nonzero(tmp_path):
     def nudge(state):
-        state["model.mm_projector_semT.2.bias"] = (state["model.mm_projector_semT.2.bias"].float() + 0.01).to(torch.bfloat16)
+        bias = "model.mm_projector_semT.2.bias"
+        state[bias] = (state[bias].float() + 0.01).to(torch.bfloat16)
 
     fixture = _fixture_copy(tmp_path, nudge)
     proc = subprocess.run([sys.executable, "-m", "pam_core.cli", "parity", str(fixture), *IMAGE_CASES],

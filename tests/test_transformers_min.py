@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURE
+from helpers import FIXTURE
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv-min" / "bin" / "python"

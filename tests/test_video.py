@@ -14,11 +14,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, interruptible, needs_fixture
+from helpers import FIXTURE, interruptible, needs_fixture
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, SettingsError, TaskError, VideoError
-from pam_core.video import (VideoPrompt, VideoSettings, llm_frame_indices, mask_to_rle, open_video, parse_segments, plan_segments,
-                            rle_to_mask)
+from pam_core.video import (
+    VideoPrompt,
+    VideoSettings,
+    llm_frame_indices,
+    mask_to_rle,
+    open_video,
+    parse_segments,
+    plan_segments,
+    rle_to_mask,
+)
 
 FRAMES = sorted((FIXTURE / "inputs" / "video").glob("*.jpg"))
 BOX = [30, 50, 110, 130]  # the fixture's video prompt (320x240 frames)
@@ -147,6 +155,7 @@ def test_streaming_captions_carry_the_box_and_the_previous_caption(pam, tmp_path
     assert frame0.box is not None and Region.from_box(frame0.box).validated(320, 240)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_history_conditions_the_first_segment_and_later_ones_chain_on(pam, tmp_path, monkeypatch):
     asked = []
@@ -175,6 +184,7 @@ def test_memory_carry_tracks_continuously_like_one_segment(pam, tmp_path):
     assert boxed.frames[2].object_score != pytest.approx(whole.frames[2].object_score, abs=1e-5)
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
     folder = _frame_folder(tmp_path, 4)
@@ -190,6 +200,7 @@ def test_objects_on_later_frames_and_several_at_once(pam, tmp_path):
     assert set(forward.masks(1)) == {2, 3} and [c.text for c in forward.captions] == [c.text for c in result.captions]
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_backward_tracking_is_sam2_reverse_propagation(pam, tmp_path):
     """Frames before a later prompt are tracked back from it exactly as SAM2VideoPredictor's
@@ -255,6 +266,7 @@ CLI_MODEL = ["--model", FIXTURE / "checkpoint", "--sam2", FIXTURE / "sam2" / "sa
              "--device", "cpu", "--max-new-tokens", "4"]
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_on_a_generated_mp4(pam_cli, tmp_path):
     clip = _write_mp4(tmp_path / "clip.mp4", FRAMES[:4])
@@ -273,6 +285,7 @@ def test_cli_on_a_generated_mp4(pam_cli, tmp_path):
     assert len((out / "captions.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_on_a_frame_folder_with_prompts_on_two_frames(pam_cli, tmp_path):
     folder = _frame_folder(tmp_path, 3)
@@ -310,6 +323,7 @@ def test_cli_errors_are_messages(pam_cli, tmp_path):
         assert message in pam_cli.error("describe-video", *args, "--out", tmp_path / "o"), args
 
 
+@pytest.mark.slow
 @needs_fixture
 def test_cli_interrupted_leaves_valid_output(tmp_path):
     folder = _frame_folder(tmp_path, 12)

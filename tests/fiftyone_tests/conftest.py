@@ -16,19 +16,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, free_port
+
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pam-fiftyone-"))
 atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)  # also when no test of this folder ran
 PLUGINS_DIR = SESSION_DIR / "plugins"
 PLUGINS_DIR.mkdir()
 (PLUGINS_DIR / "pam").symlink_to(REPO / "fiftyone_plugin", target_is_directory=True)
-ARTIFACTS = REPO / "test-artifacts" / "fiftyone"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 MONGO_PORT = free_port()
@@ -67,7 +61,7 @@ def mongod():
             break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mongod did not start; see {SESSION_DIR / 'mongod.log'}")
+                raise RuntimeError(f"mongod did not start; see {SESSION_DIR / 'mongod.log'}") from None
             time.sleep(0.2)
     yield MONGO_PORT
     import fiftyone as fo

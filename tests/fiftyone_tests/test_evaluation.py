@@ -3,19 +3,15 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "pam_tiny"
-pytestmark = [
-    pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent"),
-    pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java"),
-]
+from helpers import FIXTURE, REPO, needs_fixture, needs_java
+
+pytestmark = [pytest.mark.host, needs_fixture, needs_java]
 
 
 def test_evaluate_pam_scores_labels_samples_and_dataset(tmp_path):

@@ -11,19 +11,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import fiftyone as fo
 import numpy as np
 import pytest
 from PIL import Image
 
-import fiftyone as fo
-
-from .conftest import ARTIFACTS, free_port
 from fiftyone_plugin import apply_pam
+from helpers import FIXTURE, REPO, free_port, needs_fixture
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
+ARTIFACTS = REPO / "test-artifacts" / "fiftyone"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
-    pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent"),
+    pytest.mark.host,
+    needs_fixture,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test-setup/fiftyone.sh)"),
 ]
 DATASET = "pam-app"

@@ -5,24 +5,21 @@ import json
 import shutil
 from pathlib import Path
 
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.zoo as foz
 import numpy as np
 import pytest
 from PIL import Image
 
-import fiftyone as fo
-import fiftyone.operators as foo
-import fiftyone.zoo as foz
-
 from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.core import run_pam
 from fiftyone_plugin.panel import region_texts_markdown
+from helpers import CHECKPOINT, FIXTURE, SAM2, needs_fixture
+from helpers import FIFTYONE_PLUGIN as PLUGIN
 from pam_core import AutoMaskSettings, Region
 
-FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "pam_tiny"
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
-CHECKPOINT = FIXTURE / "checkpoint"
-SAM2 = FIXTURE / "sam2" / "sam2.1_hiera_pamtiny.pt"
-PLUGIN = "@pam-suite/pam"
+pytestmark = [pytest.mark.host, needs_fixture]
 TOKENS = 6  # short texts keep the CPU tests fast; the text path is the same
 # Red rectangle, green disc, yellow triangle of the fixture image (xyxy pixels of a 640x480 image).
 SHAPES = {"rectangle": (80, 120, 260, 330), "disc": (360, 60, 560, 240), "triangle": (330, 300, 600, 450)}
@@ -270,7 +267,7 @@ def operator_params(**extra):
 
 def test_plugin_registers_its_operators_and_panel():
     uris = {op.uri for op in foo.list_operators()}
-    assert {f"{PLUGIN}/describe_regions", f"{PLUGIN}/search_captions", f"{PLUGIN}/region_texts"} <= uris
+    assert {f"{PLUGIN}/{name}" for name in ("describe_regions", "search_captions", "region_texts")} <= uris
 
 
 def test_plugin_installs_with_fiftyone_plugins_download(tmp_path, monkeypatch):

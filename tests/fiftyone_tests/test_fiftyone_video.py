@@ -2,22 +2,21 @@
 frame Detections (`index` = track id) and captioned per segment into TemporalDetections, compared with
 pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens)."""
 
-import numpy as np
-import pytest
-
 import fiftyone as fo
 import fiftyone.operators as foo
+import numpy as np
+import pytest
 
 from fiftyone_plugin import apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
 from fiftyone_plugin.panel import region_texts_markdown
+from helpers import CHECKPOINT, SAM2, needs_fixture
+from helpers import FIFTYONE_PLUGIN as PLUGIN
 from pam_core import GenerationSettings, Region
 from pam_core.errors import PromptError, TaskError, VideoError
 from pam_core.video import VideoPrompt
 
-from .test_fiftyone_plugin import CHECKPOINT, FIXTURE, PLUGIN, SAM2
-
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture {FIXTURE} is absent")
+pytestmark = [pytest.mark.host, needs_fixture]
 FAST = GenerationSettings(max_new_tokens=4)
 FRAMES = 4
 # Pixel boxes of the 320x240 clip whose relative coordinates are exact binary fractions, so the prompt that
@@ -38,7 +37,8 @@ def prompt(box, label=None):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A 4-frame 320x240 mp4 of the fixture's video frames, written with PyAV."""
-    from test_video import FRAMES as FIXTURE_FRAMES, _write_mp4
+    from test_video import FRAMES as FIXTURE_FRAMES
+    from test_video import _write_mp4
 
     return _write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4", FIXTURE_FRAMES[:FRAMES])
 
