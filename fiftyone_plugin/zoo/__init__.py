@@ -8,15 +8,20 @@ Hiera-L (`sam2.1_hiera_large.pt`).
 from pathlib import Path
 
 from fiftyone_plugin.model import PAMRegionModel
-from pam_core.checkpoint import DEFAULT_SAM2, SAM2_HUB_FILES
+from pam_core.checkpoint import DEFAULT_SAM2, PAM_MODELS, SAM2_HUB_FILES
 from pam_core.errors import WeightsNotFoundError
 
-HUB_REPOS = {"pam-1.5b": "Perceive-Anything/PAM-1.5B", "pam-3b": "Perceive-Anything/PAM-3B"}
+# Zoo names (manifest.json's base_filename) are the Hub repos' names in lower case: pam-1.5b, pam-3b.
+HUB_REPOS = {repo.split("/")[1].lower(): repo for repo in PAM_MODELS}
 SAM2_FILE = SAM2_HUB_FILES[DEFAULT_SAM2][0]
 
 
 def _hub_repo(model_name: str) -> str:
-    return HUB_REPOS[model_name.rsplit("/", 1)[-1]]
+    name = model_name.rsplit("/", 1)[-1]
+    if name not in HUB_REPOS:
+        raise WeightsNotFoundError(f"unknown PAM zoo model {model_name!r}; use one of "
+                                   f"{', '.join('pam-suite/' + key for key in HUB_REPOS)}")
+    return HUB_REPOS[name]
 
 
 def download_model(model_name, model_path):
