@@ -3,15 +3,15 @@
 from .automask import AutoMaskSettings
 from .engine import PAM, FeatureCache, RegionAnalysis, RegionResult
 from .errors import (
-                     CheckpointError,
-                     DeviceError,
-                     ImageError,
-                     PAMError,
-                     PromptError,
-                     SettingsError,
-                     TaskError,
-                     VideoError,
-                     WeightsNotFoundError,
+    CheckpointError,
+    DeviceError,
+    ImageError,
+    PAMError,
+    PromptError,
+    SettingsError,
+    TaskError,
+    VideoError,
+    WeightsNotFoundError,
 )
 from .generation import GenerationSettings
 from .loading import ModelSource, load_pam

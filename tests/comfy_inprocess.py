@@ -37,10 +37,12 @@ def main(comfy_dir, base, jobs_path, result_path):
     sys.argv = ["main.py", *comfy_args(Path(base))]
     import comfy.options
     comfy.options.enable_args_parsing()
-    import execution
-    import nodes
+    # isort: off
     import utils.extra_config  # ComfyUI's `utils` package must be imported first, as main.py does
     from comfy.cli_args import args
+    import execution
+    import nodes
+    # isort: on
 
     for config in itertools.chain(*args.extra_model_paths_config):  # as main.py applies them
         utils.extra_config.load_extra_path_config(config)
