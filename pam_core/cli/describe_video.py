@@ -18,25 +18,15 @@ from ..io import mask_to_png, save_png, write_json
 from ..prompts import Region
 from ..tasks import LANGUAGES
 from ..video import CARRY_MODES, VideoPrompt, VideoSettings, open_video, plan_segments
-from .common import (
-    box_region,
-    decoding_options,
-    load_model,
-    log,
-    model_options,
-    model_source,
-    points_region,
-    progress_log,
-    prompt_options,
-    sampling_options,
-    settings_from,
-)
+from . import common
 
 
 def add_parser(commands) -> None:
     defaults = VideoSettings()
     parser = commands.add_parser(
-        "describe-video", parents=[prompt_options(video=True), model_options(), decoding_options(), sampling_options()],
+        "describe-video",
+        parents=[common.prompt_options(video=True), common.model_options(), common.decoding_options(),
+                 common.sampling_options()],
         help="track objects through a video and caption them per segment",
         description="Each --box and each --mask is one object; all --point options together form one object. "
                     "A prompt sits on --frame, or on the frame given after '@'.")
@@ -77,9 +67,9 @@ def _prompts(args, settings: VideoSettings) -> list[VideoPrompt]:
     prompts = []
     for text in args.box:
         body, frame = _on_frame(text, settings.frame)
-        prompts.append(VideoPrompt(box_region(body), frame))
+        prompts.append(VideoPrompt(common.box_region(body), frame))
     if args.point:
-        prompts.append(VideoPrompt(points_region(args.point), settings.frame))
+        prompts.append(VideoPrompt(common.points_region(args.point), settings.frame))
     for text in args.mask:
         body, frame = _on_frame(text, settings.frame)
         prompts.append(VideoPrompt(Region.from_mask(body), frame))
@@ -115,7 +105,7 @@ class OutputWriter:
 
     def caption(self, caption) -> None:
         self._line(self.captions, caption.to_dict())
-        log(f"object {caption.object}, frames {caption.start_frame}-{caption.end_frame}: {caption.text}")
+        common.log(f"object {caption.object}, frames {caption.start_frame}-{caption.end_frame}: {caption.text}")
 
     def close(self) -> None:
         self.tracks.close()
@@ -123,31 +113,31 @@ class OutputWriter:
 
 
 def run(args) -> int:
-    settings = settings_from(args, VideoSettings)
-    generation = settings_from(args, GenerationSettings)
+    settings = common.settings_from(args, VideoSettings)
+    generation = common.settings_from(args, GenerationSettings)
     prompts = _prompts(args, settings)
     source = open_video(args.video, args.fps)
     info = source.info
     plan = plan_segments(info.num_frames, settings.segments, settings.window)
-    log(f"{args.video}: {info.num_frames} frames, {info.width}x{info.height}, fps {info.fps or 'unknown'}")
+    common.log(f"{args.video}: {info.num_frames} frames, {info.width}x{info.height}, fps {info.fps or 'unknown'}")
 
     start = time.time()
-    pam = load_model(args)
+    pam = common.load_model(args)
     out = Path(args.out)
     writer = OutputWriter(out, args.png_masks)
     try:
         result = pam.describe_video(source, prompts, settings, generation=generation, on_frame=writer.frame,
-                                    on_caption=writer.caption, keep_frames=False, progress=progress_log(start))
+                                    on_caption=writer.caption, keep_frames=False, progress=common.progress_log(start))
     finally:
         writer.close()
     write_json(out / "results.json", {
         "video": str(args.video), "num_frames": info.num_frames, "width": info.width, "height": info.height,
-        "fps": info.fps, "model": model_source(args).name, "task": settings.task, "lang": settings.lang,
+        "fps": info.fps, "model": common.model_source(args).name, "task": settings.task, "lang": settings.lang,
         "carry": settings.carry,
         "prompts": [{"object": i, "frame": p.frame, "prompt": p.region.kind} for i, p in enumerate(prompts)],
         "segments": [[s.start, s.end] for s in plan], "captions": [c.to_dict() for c in result.captions],
         "tracks": "tracks.jsonl", "frames_written": writer.frames,
     })
-    log(f"wrote {writer.frames} frame(s) and {len(result.captions)} caption(s) to {out} "
+    common.log(f"wrote {writer.frames} frame(s) and {len(result.captions)} caption(s) to {out} "
         f"in {time.time() - start:.1f} s")
     return 0
