@@ -66,6 +66,9 @@ class ModelCache:
         with self._lock:  # one load at a time: two threads asking for the same weights load them once
             model = self._models.pop(source, None)
             if model is None:
+                # Make room before loading, so the process never holds size + 1 models at its peak.
+                while self._models and len(self._models) >= self.size:
+                    self._models.popitem(last=False)
                 model = PAMModel.from_pretrained(source.model, sam2=source.sam2, sam2_config=source.sam2_config,
                                                  device=source.device, dtype=source.dtype,
                                                  local_files_only=source.local_files_only)
