@@ -1,7 +1,8 @@
 """pam_core: the Perceive Anything Model (PAM) as a library — masks and text for image and video regions."""
 
+from .analysis import RegionAnalysis, RegionResult
 from .automask import AutoMaskSettings
-from .engine import PAM, FeatureCache, RegionAnalysis, RegionResult
+from .engine import PAM, FeatureCache
 from .errors import (
     CheckpointError,
     DeviceError,
@@ -16,6 +17,7 @@ from .errors import (
 from .generation import GenerationSettings
 from .loading import ModelSource, load_pam
 from .prompts import Region
+from .stream import StreamItem, StreamProgress, StreamResult
 from .tasks import LANGUAGES, TASK_NAMES
 from .video import VideoPrompt, VideoResult, VideoSettings
 
@@ -25,4 +27,5 @@ __all__ = [
     "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
     "WeightsNotFoundError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
+    "StreamItem", "StreamProgress", "StreamResult",
 ]

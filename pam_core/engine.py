@@ -5,77 +5,30 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import checkpoint
+from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
 from .automask import AutoMaskSettings, find_objects
 from .errors import SettingsError
-from .generation import DecodingSpec, Generation, GenerationSettings, decode
+from .generation import Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
 from .model import PAMModel
 from .progress import Progress
-from .prompts import Box, Region, RegionLike, as_region, mask_box
-from .segmenter import ImageFeatures, Segmentation
-from .tasks import Task, Tasks, parse_output, resolve_tasks
+from .prompts import Region, RegionLike, as_region
+from .segmenter import ImageFeatures
+from .stream import StreamItem, StreamProgressCallback, StreamResult, describe_stream
+from .tasks import Task, Tasks, resolve_tasks
 
 if TYPE_CHECKING:  # annotations only: the video package does not import the engine
     from .video import VideoResult, VideoSettings
 
-# Regions whose SAM 2 decoder passes run together (the decoder is cheap; this bounds its activations).
-DECODER_CHUNK = 32
 # (region, task) sequences decoded together on the CPU; on a GPU the default follows free memory.
 CPU_MAX_BATCH = 16
 GPU_MAX_BATCH = 64
-
-
-@dataclass
-class RegionResult:
-    """What PAM says about one region: its mask and one text per requested task."""
-
-    index: int
-    prompt: str  # box, points, box+points, mask, or auto (describe everything)
-    mask: np.ndarray = field(repr=False)  # bool HxW at image resolution
-    box: Optional[Box]  # tight box around the mask (xyxy pixels), None for an empty mask
-    mask_score: float  # SAM 2's predicted IoU of the mask
-    object_score: float  # SAM 2's object-presence logit (> 0: present)
-    lang: str
-    texts: dict[str, str]  # task name (the instruction for a free task) -> generated text, in request order
-    fields: dict[str, str] = field(default_factory=dict)  # parsed label / definition where the tasks have them
-    token_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)
-
-    @property
-    def task(self) -> str:
-        """The first requested task."""
-        return next(iter(self.texts))
-
-    @property
-    def text(self) -> str:
-        """The first requested task's text."""
-        return self.texts[self.task]
-
-    def to_dict(self) -> dict:
-        """JSON-ready summary (the mask is stored separately, e.g. as a PNG)."""
-        return {
-            "index": self.index, "prompt": self.prompt, "box": list(self.box) if self.box else None,
-            "mask_area": int(self.mask.sum()), "mask_score": self.mask_score, "object_score": self.object_score,
-            "task": self.task, "lang": self.lang, "text": self.text, "texts": dict(self.texts), **self.fields,
-        }
-
-
-@dataclass
-class RegionAnalysis:
-    """The intermediate values of one region, before text generation (used by parity checks)."""
-
-    region: Region
-    segmentation: Segmentation
-    mask_logits: torch.Tensor  # (1, 1, H, W)
-    visual_embeds: torch.Tensor  # (1042, hidden)
-    sem_tokens: torch.Tensor  # (16, 256) Perceiver output before projection
 
 
 class FeatureCache:
@@ -155,36 +108,9 @@ class PAM:
         """One region's intermediate values (mask logits, visual embeddings); see `analyze_many`."""
         return self.analyze_many(features, [region])[0]
 
-    @torch.inference_mode()
     def analyze_many(self, features: ImageFeatures, regions: Sequence[RegionLike]) -> list[RegionAnalysis]:
-        """Decoder and Perceiver for many regions of one image in batches. Prompts batch with others of the
-        same shape (all masks; points with the same count, e.g. all boxes), since padding would change
-        SAM 2's output."""
-        checked = [as_region(r).validated(features.width, features.height) for r in regions]
-        seg = self.model.segmenter
-        groups: dict[object, list[int]] = {}
-        for i, region in enumerate(checked):
-            shape = "mask" if region.mask is not None else (region.box is not None, len(region.points or ()))
-            groups.setdefault(shape, []).append(i)
-        segmentations: list[Optional[Segmentation]] = [None] * len(checked)
-        for shape, members in groups.items():
-            for start in range(0, len(members), DECODER_CHUNK):
-                chunk = members[start:start + DECODER_CHUNK]
-                if shape == "mask":
-                    out = seg.segment(features, masks=[checked[i].mask for i in chunk])
-                else:
-                    inputs = [checked[i].sam_point_inputs(features.width, features.height, seg.image_size)
-                              for i in chunk]
-                    out = seg.segment(features, {k: torch.cat([p[k] for p in inputs]) for k in inputs[0]})
-                for i, s in zip(chunk, out):
-                    segmentations[i] = s
-        analyses = []
-        for start in range(0, len(checked), DECODER_CHUNK):
-            segs = segmentations[start:start + DECODER_CHUNK]
-            visual, sem = self.model.image_visual_embeds(segs)
-            analyses += [RegionAnalysis(region, s, s.mask_logits(features.height, features.width), v, t)
-                         for region, s, v, t in zip(checked[start:start + DECODER_CHUNK], segs, visual, sem)]
-        return analyses
+        """Decoder and Perceiver for many regions of one image in batches (see `analyze_regions`)."""
+        return analyze_regions(self.model, features, regions)
 
     def generate(self, task: Task, visual_embeds: torch.Tensor, settings: GenerationSettings = GenerationSettings(),
                  return_first_logits: bool = False) -> Generation:
@@ -198,19 +124,9 @@ class PAM:
         Greedy results are the same as one call per region and task."""
         prefixes = self.model.prompt_prefix(visual_embeds, tasks[0])
         task_ids = [self.model.task_ids(task) for task in tasks]
-        decoded = decode(self.model.llm, prefixes, task_ids, self._decoding_spec(settings), return_first_logits)
-        tokenizer = self.model.tokenizer
-        return [[Generation(ids, tokenizer.decode(ids, skip_special_tokens=True).strip(), first)
+        decoded = decode(self.model.llm, prefixes, task_ids, self.model.decoding_spec(settings), return_first_logits)
+        return [[Generation(ids, self.model.decode_text(ids), first)
                  for ids, first in per_region] for per_region in decoded]
-
-    def _decoding_spec(self, settings: GenerationSettings) -> DecodingSpec:
-        defaults = self.model.generation_defaults
-        eos = defaults.get("eos_token_id") or [self.model.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        eos = eos if isinstance(eos, list) else [eos]
-        penalty = settings.repetition_penalty
-        if penalty is None:
-            penalty = float(defaults.get("repetition_penalty", 1.0))
-        return DecodingSpec(settings, penalty, tuple(eos), defaults.get("pad_token_id", eos[0]))
 
     def describe(self, image: ImageLike, regions: Sequence[RegionLike], task: Tasks = "category",
                  lang: str = "en", generation: GenerationSettings = GenerationSettings(),
@@ -249,10 +165,27 @@ class PAM:
             analyses = self.analyze_many(features, chunk)
             generations = self.generate_many(tasks, torch.stack([a.visual_embeds for a in analyses]), generation)
             for offset, (analysis, per_task) in enumerate(zip(analyses, generations)):
-                results.append(self._result(start + offset, prompts[start + offset], analysis, tasks, per_task, lang))
+                results.append(region_result(start + offset, prompts[start + offset], analysis, tasks, per_task, lang))
         if progress:
             progress(len(regions), len(regions), "done")
         return results
+
+    def describe_stream(self, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
+                        lang: str = "en", generation: GenerationSettings = GenerationSettings(),
+                        auto: AutoMaskSettings = AutoMaskSettings(), *, encoder_batch: Optional[int] = None,
+                        workers: int = 2, lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
+                        cancel=None) -> Iterator[StreamResult]:
+        """Describe a dataset: `items` is any iterable of `StreamItem`s (an image with its regions, or None for
+        everything), and one `StreamResult` per image comes out as soon as it is done. Images are read ahead
+        in background threads, encoded in batches, and the regions of many images decode together (up to
+        `max_batch` rows); in float32 each image gets what `describe` gives it. See `pam_core.stream`.
+
+        >>> for result in pam.describe_stream(StreamItem(path, [Region.from_box(b)]) for path, b in boxes):
+        ...     print(result.id, result.error or [r.text for r in result.regions])
+        """
+        return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
+                               encoder_batch=encoder_batch, workers=workers, lookahead=lookahead,
+                               progress=progress, cancel=cancel)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,
@@ -275,20 +208,6 @@ class PAM:
         return describe_video(self.model, self.generate, video, prompts, settings, generation=generation, fps=fps,
                               progress=progress, on_frame=on_frame, on_caption=on_caption, keep_frames=keep_frames,
                               history=history)
-
-    @staticmethod
-    def _result(index: int, prompt: str, analysis: RegionAnalysis, tasks: list[Task], generations: list[Generation],
-                lang: str) -> RegionResult:
-        region = analysis.region
-        mask = region.mask if region.mask is not None else (analysis.mask_logits[0, 0] > 0).cpu().numpy()
-        fields: dict[str, str] = {}
-        for task, gen in zip(tasks, generations):
-            fields.update({k: v for k, v in parse_output(task, gen.text).items() if v or k not in fields})
-        return RegionResult(
-            index=index, prompt=prompt, mask=mask, box=mask_box(mask),
-            mask_score=analysis.segmentation.mask_score, object_score=analysis.segmentation.object_score,
-            lang=lang, texts={t.key: g.text for t, g in zip(tasks, generations)}, fields=fields,
-            token_ids={t.key: g.token_ids for t, g in zip(tasks, generations)})
 
     def _max_batch(self) -> int:
         if self.max_batch is not None:

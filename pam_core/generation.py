@@ -96,69 +96,168 @@ def _logits_processors(spec: DecodingSpec, device: torch.device) -> LogitsProces
     return processors
 
 
-@torch.inference_mode()
+def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer: transformers 5 keeps them on `layers`, 4.x in two lists."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """Sequences decoded together, one token per `step()`, which may join and leave between steps.
+
+    A join prefills its newcomers together (the shared prefix once per region, then each task's text) and
+    appends them to the running batch: the shorter side's KV cache and attention mask are left-padded to the
+    longer one, and each row keeps its own position ids, so every row computes what it would alone (the
+    identity tests check the token ids). Finished rows leave at once, so short answers never wait for long
+    ones and a stream of images keeps the batch full.
+    """
+
+    def __init__(self, llm, spec: DecodingSpec, return_first_logits: bool = False):
+        self.llm = llm
+        self.spec = spec
+        self.return_first_logits = return_first_logits
+        self.embed = llm.get_input_embeddings()
+        self.device = self.embed.weight.device
+        self.processors = _logits_processors(spec, self.device)
+        self.generator = None
+        if spec.settings.do_sample and spec.settings.seed is not None:
+            self.generator = torch.Generator(device=self.device).manual_seed(spec.settings.seed)
+        self.eos = torch.tensor(spec.eos_token_ids, device=self.device)
+        self.cache: Optional[DynamicCache] = None
+        self.attention: Optional[torch.Tensor] = None  # (rows, cache length + pending)
+        self.positions: Optional[torch.Tensor] = None  # (rows, 1): position of each row's last input
+        self.logits: Optional[torch.Tensor] = None  # (rows, vocab): each row's next-token logits, pending
+        self.tags: list = []  # the caller's tag of each row
+        self.generated: list[list[int]] = []
+        self.first_logits: list[Optional[torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def _forward(self, cache: DynamicCache, **inputs) -> torch.Tensor:
+        """One forward extending `cache`; float32 logits of each row's last position."""
+        return self.llm(**inputs, **{_CACHE_ARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+    @torch.inference_mode()
+    def join(self, prefixes: torch.Tensor, task_ids: Sequence[Sequence[int]], tags: Sequence) -> None:
+        """Prefill regions (prefix embeddings (R, P, H)) with every task (suffix token ids) and add their
+        R x T rows, tagged `tags` (one per row, region-major), to the batch."""
+        regions, prefix_len, _ = prefixes.shape
+        tasks, device = len(task_ids), self.device
+        if len(tags) != regions * tasks:
+            raise ValueError(f"{len(tags)} tags for {regions} regions x {tasks} tasks")
+        cache = DynamicCache()
+        self._forward(cache, inputs_embeds=prefixes,
+                      attention_mask=torch.ones(regions, prefix_len, dtype=torch.long, device=device))
+        if tasks > 1:
+            cache.batch_repeat_interleave(tasks)  # rows: region 0 task 0, region 0 task 1, ...
+        rows = regions * tasks
+        suffix_len = max(len(ids) for ids in task_ids)
+        suffix = torch.full((rows, suffix_len), self.spec.pad_token_id, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros(rows, suffix_len, dtype=torch.long, device=device)
+        for row in range(rows):
+            ids = task_ids[row % tasks]
+            suffix[row, suffix_len - len(ids):] = torch.tensor(ids, dtype=torch.long, device=device)
+            suffix_mask[row, suffix_len - len(ids):] = 1
+        attention = torch.cat([torch.ones(rows, prefix_len, dtype=torch.long, device=device), suffix_mask], dim=1)
+        positions = (attention.cumsum(-1) - 1)[:, prefix_len:]
+        logits = self._forward(cache, inputs_embeds=self.embed(suffix), attention_mask=attention,
+                               position_ids=positions)
+        self._append(cache, attention, positions[:, -1:], logits, list(tags))
+
+    def _append(self, cache: DynamicCache, attention: torch.Tensor, positions: torch.Tensor, logits: torch.Tensor,
+                tags: list) -> None:
+        firsts = [row.clone() for row in logits] if self.return_first_logits else [None] * len(tags)
+        if self.cache is None:
+            self.cache, self.attention, self.positions, self.logits = cache, attention, positions, logits
+        else:
+            length = max(self.attention.shape[1], attention.shape[1])
+            merged = torch.cat([_left_pad(self.attention, length, 1), _left_pad(attention, length, 1)])
+            unused = int(merged.any(dim=0).long().argmax())  # leading columns every row masks out
+            layers = [tuple(torch.cat([_left_pad(old, length, 2), _left_pad(new, length, 2)])[:, :, unused:]
+                            for old, new in zip(old_kv, new_kv))
+                      for old_kv, new_kv in zip(_layer_tensors(self.cache), _layer_tensors(cache))]
+            self.cache = DynamicCache(layers)
+            self.attention = merged[:, unused:]
+            self.positions = torch.cat([self.positions, positions])
+            self.logits = torch.cat([self.logits, logits])
+        self.tags += tags
+        self.generated += [[] for _ in tags]
+        self.first_logits += firsts
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[object, list[int], Optional[torch.Tensor]]]:
+        """Choose every row's next token, run one forward for the rows that go on, and return the rows that
+        finished: (tag, generated ids without the end-of-turn token, first step's logits or None)."""
+        if not self.tags:
+            return []
+        next_ids = self._choose()
+        done = torch.isin(next_ids, self.eos).tolist()
+        limit = self.spec.settings.max_new_tokens
+        for row, (token, finished) in enumerate(zip(next_ids.tolist(), done)):
+            if not finished:
+                self.generated[row].append(token)
+            done[row] = finished or len(self.generated[row]) >= limit
+        finished_rows = [(self.tags[r], self.generated[r], self.first_logits[r]) for r in range(len(done)) if done[r]]
+        if finished_rows:
+            keep = [r for r in range(len(done)) if not done[r]]
+            self.tags = [self.tags[r] for r in keep]
+            self.generated = [self.generated[r] for r in keep]
+            self.first_logits = [self.first_logits[r] for r in keep]
+            if not keep:
+                self.cache = self.attention = self.positions = self.logits = None
+                return finished_rows
+            index = torch.tensor(keep, device=self.device)
+            self.cache.batch_select_indices(index)
+            self.attention, self.positions, next_ids = self.attention[index], self.positions[index], next_ids[index]
+        self.attention = torch.cat([self.attention, self.attention.new_ones(len(self.tags), 1)], dim=1)
+        self.positions = self.positions + 1
+        self.logits = self._forward(self.cache, inputs_embeds=self.embed(next_ids[:, None]),
+                                    attention_mask=self.attention, position_ids=self.positions)
+        return finished_rows
+
+    def _choose(self) -> torch.Tensor:
+        """Next token of every row. The logits processors see each row's own generated ids, so rows that
+        joined at different steps are processed in groups of equal history length."""
+        groups: dict[int, list[int]] = {}
+        for row, ids in enumerate(self.generated):
+            groups.setdefault(len(ids), []).append(row)
+        next_ids = torch.empty(len(self.generated), dtype=torch.long, device=self.device)
+        for length, rows in groups.items():
+            index = torch.tensor(rows, device=self.device)
+            history = torch.tensor([self.generated[r] for r in rows], dtype=torch.long,
+                                   device=self.device).reshape(len(rows), length)
+            scores = self.processors(history, self.logits[index])
+            if self.spec.settings.do_sample:
+                chosen = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)[:, 0]
+            else:
+                chosen = scores.argmax(dim=-1)
+            next_ids[index] = chosen
+        return next_ids
+
+
 def decode(llm, prefixes: torch.Tensor, task_ids: Sequence[Sequence[int]], spec: DecodingSpec,
            return_first_logits: bool = False) -> list[list[tuple[list[int], Optional[torch.Tensor]]]]:
     """Generate for every region (prefix embeddings (R, P, H)) and every task (suffix token ids).
 
     Returns, per region and task, the generated ids (end-of-turn stripped) and optionally the first
-    step's logits. Finished sequences leave the batch, so short answers do not wait for long ones.
+    step's logits.
     """
-    regions, prefix_len, _ = prefixes.shape
-    tasks = len(task_ids)
-    device = prefixes.device
-    cache = DynamicCache()
-
-    def forward(**inputs) -> torch.Tensor:
-        """One forward extending the cache; float32 logits of each row's last position."""
-        return llm(**inputs, **{_CACHE_ARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-
-    forward(inputs_embeds=prefixes, attention_mask=torch.ones(regions, prefix_len, dtype=torch.long, device=device))
-    if tasks > 1:
-        cache.batch_repeat_interleave(tasks)  # rows: region 0 task 0, region 0 task 1, ...
-
-    rows = regions * tasks
-    suffix_len = max(len(ids) for ids in task_ids)
-    suffix = torch.full((rows, suffix_len), spec.pad_token_id, dtype=torch.long, device=device)
-    suffix_mask = torch.zeros(rows, suffix_len, dtype=torch.long, device=device)
-    for row in range(rows):
-        ids = task_ids[row % tasks]
-        suffix[row, suffix_len - len(ids):] = torch.tensor(ids, dtype=torch.long, device=device)
-        suffix_mask[row, suffix_len - len(ids):] = 1
-    attention = torch.cat([torch.ones(rows, prefix_len, dtype=torch.long, device=device), suffix_mask], dim=1)
-    positions = (attention.cumsum(-1) - 1)[:, prefix_len:]
-    embed = llm.get_input_embeddings()
-    logits = forward(inputs_embeds=embed(suffix), attention_mask=attention, position_ids=positions)
-    first_logits = logits.clone() if return_first_logits else None
-
-    processors = _logits_processors(spec, device)
-    generator = None
-    if spec.settings.do_sample and spec.settings.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(spec.settings.seed)
-    eos = torch.tensor(spec.eos_token_ids, device=device)
-    active = torch.arange(rows, device=device)  # original row of each batch row still decoding
-    generated = torch.zeros(rows, 0, dtype=torch.long, device=device)
-    outputs: list[list[int]] = [[] for _ in range(rows)]
-    for step in range(spec.settings.max_new_tokens):
-        scores = processors(generated, logits)
-        if spec.settings.do_sample:
-            next_ids = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)[:, 0]
-        else:
-            next_ids = scores.argmax(dim=-1)
-        done = torch.isin(next_ids, eos)
-        for row, token, finished in zip(active.tolist(), next_ids.tolist(), done.tolist()):
-            if not finished:
-                outputs[row].append(token)
-        if bool(done.all()) or step + 1 == spec.settings.max_new_tokens:
-            break
-        if bool(done.any()):
-            keep = torch.nonzero(~done)[:, 0]
-            cache.batch_select_indices(keep)
-            active, next_ids, generated = active[keep], next_ids[keep], generated[keep]
-            attention, positions = attention[keep], positions[keep]
-        generated = torch.cat([generated, next_ids[:, None]], dim=1)
-        attention = torch.cat([attention, attention.new_ones(len(active), 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits = forward(inputs_embeds=embed(next_ids[:, None]), attention_mask=attention, position_ids=positions)
-    return [[(outputs[r * tasks + t], first_logits[r * tasks + t] if first_logits is not None else None)
-             for t in range(tasks)] for r in range(regions)]
+    regions, tasks = prefixes.shape[0], len(task_ids)
+    batch = DecodeBatch(llm, spec, return_first_logits)
+    batch.join(prefixes, task_ids, [(r, t) for r in range(regions) for t in range(tasks)])
+    results: list[list] = [[None] * tasks for _ in range(regions)]
+    while len(batch):
+        for (region, task), ids, first in batch.step():
+            results[region][task] = (ids, first)
+    return results

@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 from . import checkpoint
 from .config import PAMConfig
 from .errors import CheckpointError, DeviceError
+from .generation import DecodingSpec, GenerationSettings
 from .perceiver import SemanticPerceiver, build_projector
 from .segmenter import SAM2Segmenter, Segmentation, build_sam2
 from .tasks import Task
@@ -174,6 +175,20 @@ class PAMModel(nn.Module):
     def task_ids(self, task: Task) -> list[int]:
         """The prompt's token ids after <image>: the task text, end of turn, assistant header."""
         return self.tokenize(task.prompt_parts()[1])
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        """Generated ids as text, special tokens dropped."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def decoding_spec(self, settings: GenerationSettings) -> DecodingSpec:
+        """`settings` resolved against the checkpoint's generation defaults (end-of-turn ids, repetition penalty)."""
+        defaults = self.generation_defaults
+        eos = defaults.get("eos_token_id") or [self.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        eos = eos if isinstance(eos, list) else [eos]
+        penalty = settings.repetition_penalty
+        if penalty is None:
+            penalty = float(defaults.get("repetition_penalty", 1.0))
+        return DecodingSpec(settings, penalty, tuple(eos), defaults.get("pad_token_id", eos[0]))
 
     def _embed(self, ids: list[int]) -> torch.Tensor:
         return self.llm.get_input_embeddings()(torch.tensor(ids, dtype=torch.long, device=self.device))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -140,21 +140,30 @@ class SAM2Segmenter:
     def backbone_features(self, image: Image.Image) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
         """The image encoder's output as SAM 2's tracking steps read it: per feature level (high resolution
         first), the flattened features, their positional encodings and their (height, width)."""
-        backbone_out = self.model.forward_image(preprocess(image, self.image_size).to(self.device))
+        return self._backbone(preprocess(image, self.image_size))
+
+    def _backbone(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple]]:
+        backbone_out = self.model.forward_image(pixels.to(self.device))
         _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out=backbone_out)
         return feats, pos, sizes
 
-    @torch.inference_mode()
     def encode(self, image: Image.Image) -> ImageFeatures:
+        return self.encode_batch(preprocess(image, self.image_size), [image.size])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, pixels: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[ImageFeatures]:
+        """Encode preprocessed images (B, 3, S, S) (see `preprocess`) of original (width, height) `sizes` in
+        one encoder pass."""
         sam = self.model
-        feats, pos, sizes = self.backbone_features(image)
+        feats, pos, feat_sizes = self._backbone(pixels)
         image_embed = sam._prepare_memory_conditioned_features(
             frame_idx=0, is_init_cond_frame=True, current_vision_feats=feats[-1:],
-            current_vision_pos_embeds=pos[-1:], feat_sizes=sizes[-1:],
+            current_vision_pos_embeds=pos[-1:], feat_sizes=feat_sizes[-1:],
             output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}, num_frames=1,
         )
-        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], sizes[:-1])]
-        return ImageFeatures(image_embed, high_res, image.width, image.height)
+        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s) for x, s in zip(feats[:-1], feat_sizes[:-1])]
+        return [ImageFeatures(image_embed[i:i + 1], [x[i:i + 1] for x in high_res], width, height)
+                for i, (width, height) in enumerate(sizes)]
 
     @torch.inference_mode()
     def segment(self, features: ImageFeatures, point_inputs: Optional[dict] = None,
