@@ -267,7 +267,12 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
     stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch)
-    reader = _Reader(items, stream.prepare, workers, max(lookahead, encoder_batch))
+    return _run(stream, items, workers, max(lookahead, encoder_batch), progress, cancel)
+
+
+def _run(stream: _Stream, items: Iterable, workers: int, lookahead: int, progress: Optional[StreamProgressCallback],
+         cancel: Optional[threading.Event]) -> Iterator[StreamResult]:
+    reader = _Reader(items, stream.prepare, workers, lookahead)  # starts reading at the first next()
     started = time.perf_counter()
     counts = {"images": 0, "regions": 0, "failed": 0}
 
@@ -287,7 +292,7 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
             # Keep enough regions analysed to fill the batch; read and encode more images only then.
             while not reader.done and stream.waiting_regions() * len(stream.tasks) < stream.max_batch:
                 ready = []
-                while not reader.done and len(ready) < encoder_batch:
+                while not reader.done and len(ready) < stream.encoder_batch:
                     item = reader.next()
                     if item.error is not None:
                         yield finished(StreamResult(item.index, item.id, [], item.size, item.error))
@@ -306,9 +311,8 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
                     return
                 continue
             for (flight, region, task_index), ids, _ in stream.batch.step():
-                flight.generations[region, task_index] = Generation(ids, model.decode_text(ids))
+                flight.generations[region, task_index] = Generation(ids, stream.model.decode_text(ids))
                 if len(flight.generations) == flight.rows:
                     yield finished(stream.result(flight))
     finally:
         reader.close()
-
