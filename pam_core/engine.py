@@ -80,18 +80,21 @@ class PAM:
     (None: 16 on the CPU, from free memory on a GPU).
     """
 
-    def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None):
+    def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None,
+                 compile_decoder: bool = False):
         if max_batch is not None and max_batch < 1:
             raise SettingsError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.cache = FeatureCache(cache_size)
         self.max_batch = max_batch
+        self.compile_decoder = compile_decoder
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = checkpoint.DEFAULT_MODEL, cache_size: int = 4,
-                        max_batch: Optional[int] = None, **kwargs) -> "PAM":
+                        max_batch: Optional[int] = None, compile_decoder: bool = False, **kwargs) -> "PAM":
         """See `PAMModel.from_pretrained` for `sam2`, `sam2_config`, `device`, `dtype`, `local_files_only`."""
-        return cls(PAMModel.from_pretrained(model, **kwargs), cache_size=cache_size, max_batch=max_batch)
+        return cls(PAMModel.from_pretrained(model, **kwargs), cache_size=cache_size, max_batch=max_batch,
+                   compile_decoder=compile_decoder)
 
     def encode(self, image: ImageLike) -> tuple[Image.Image, ImageFeatures]:
         """Load the image and run SAM 2's image encoder, unless the cache has this image already."""
@@ -124,7 +127,8 @@ class PAM:
         Greedy results are the same as one call per region and task."""
         prefixes = self.model.prompt_prefix(visual_embeds, tasks[0])
         task_ids = [self.model.task_ids(task) for task in tasks]
-        decoded = decode(self.model.llm, prefixes, task_ids, self.model.decoding_spec(settings), return_first_logits)
+        decoded = decode(self.model.decoding_llm(self.compile_decoder), prefixes, task_ids,
+                         self.model.decoding_spec(settings), return_first_logits)
         return [[Generation(ids, self.model.decode_text(ids), first)
                  for ids, first in per_region] for per_region in decoded]
 
@@ -184,8 +188,8 @@ class PAM:
         ...     print(result.id, result.error or [r.text for r in result.regions])
         """
         return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
-                               encoder_batch=encoder_batch, workers=workers, lookahead=lookahead,
-                               progress=progress, cancel=cancel)
+                               compile_decoder=self.compile_decoder, encoder_batch=encoder_batch, workers=workers,
+                               lookahead=lookahead, progress=progress, cancel=cancel)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,

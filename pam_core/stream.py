@@ -166,14 +166,14 @@ class _Stream:
     """The model side of `describe_stream`: encoder batches, region analysis and the shared decoding batch."""
 
     def __init__(self, model: PAMModel, task: Tasks, lang: str, generation: GenerationSettings,
-                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int):
+                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False):
         self.model = model
         self.task, self.lang = task, lang
         self.tasks = resolve_tasks(task, lang)  # checked before the first image is read
         self.auto = auto
         self.max_batch = max_batch
         self.encoder_batch = encoder_batch
-        self.batch = DecodeBatch(model.llm, model.decoding_spec(generation))
+        self.batch = DecodeBatch(model.decoding_llm(compile_decoder), model.decoding_spec(generation))
         self.waiting: deque[_InFlight] = deque()  # images with regions that have not joined yet
 
     def prepare(self, item: StreamItem, index: int) -> _Prepared:
@@ -249,8 +249,8 @@ class _Stream:
 def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
                     lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
-                    encoder_batch: Optional[int] = None, workers: int = 2, lookahead: int = 8,
-                    progress: Optional[StreamProgressCallback] = None,
+                    compile_decoder: bool = False, encoder_batch: Optional[int] = None, workers: int = 2,
+                    lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
                     cancel: Optional[threading.Event] = None) -> Iterator[StreamResult]:
     """Describe every image of `items` (`StreamItem`s, or images to describe everything of), yielding one
     `StreamResult` per image as it completes (not necessarily in stream order; `index` gives the position).
@@ -258,15 +258,16 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     An unreadable image or a region that does not fit its image gives a result with `error` set, and the
     stream goes on. `max_batch` bounds the (region, task) rows decoded together, `encoder_batch` the images
     encoded together (default 1 on a CPU, 8 on a GPU), `workers` the reader threads and `lookahead` the
-    images read ahead. `progress` is called after every image; setting `cancel` (or closing the iterator)
-    stops the stream after the current decoding step, and what finished has been yielded.
+    images read ahead. `compile_decoder` decodes with `torch.compile`d LLM steps (`PAMModel.decoding_llm`).
+    `progress` is called after every image; setting `cancel` (or closing the iterator) stops the stream after
+    the current decoding step, and what finished has been yielded.
     """
     if max_batch < 1 or workers < 1 or lookahead < 1 or (encoder_batch is not None and encoder_batch < 1):
         raise SettingsError(f"max_batch, encoder_batch, workers and lookahead must be >= 1, got {max_batch}, "
                             f"{encoder_batch}, {workers} and {lookahead}")
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
-    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch)
+    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder)
     return _run(stream, items, workers, max(lookahead, encoder_batch), progress, cancel)
 
 

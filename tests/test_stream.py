@@ -141,3 +141,14 @@ def test_stream_settings_are_checked(pam):
     for bad in (dict(workers=0), dict(lookahead=0), dict(encoder_batch=0)):
         with pytest.raises(SettingsError, match="must be >= 1"):
             pam.describe_stream([], **bad)
+
+
+@pytest.mark.slow
+def test_a_compiled_decoder_gives_the_eager_token_ids(pam, images, per_image):
+    """`compile_decoder`: torch.compile'd LLM steps (inductor, dynamic shapes) in float32 choose the same tokens."""
+    compiled = PAM(pam.model, max_batch=3, compile_decoder=True)
+    results = sorted(compiled.describe_stream([StreamItem(i, r) for i, r in zip(images[:2], REGIONS[:2])],
+                                              task=TASKS, generation=SETTINGS), key=lambda r: r.index)
+    for expected, result in zip(per_image, results):
+        _same(expected, result.regions)
+    assert pam.model.decoding_llm(True) is pam.model.decoding_llm(True) is not pam.model.llm
