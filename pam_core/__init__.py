@@ -1,9 +1,11 @@
 """pam_core: the Perceive Anything Model (PAM) as a library — masks and text for image and video regions."""
 
 from .automask import AutoMaskSettings
+from .concepts import ConceptFinder, ConceptInstance
 from .engine import PAM, FeatureCache, RegionAnalysis, RegionResult
 from .errors import (
     CheckpointError,
+    DependencyError,
     DeviceError,
     ImageError,
     PAMError,
@@ -22,7 +24,8 @@ from .video import VideoPrompt, VideoResult, VideoSettings
 __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
-    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
-    "WeightsNotFoundError",
+    "ConceptFinder", "ConceptInstance",
+    "PAMError", "CheckpointError", "DependencyError", "DeviceError", "ImageError", "PromptError", "SettingsError",
+    "TaskError", "WeightsNotFoundError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
 ]

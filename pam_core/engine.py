@@ -14,6 +14,16 @@ from PIL import Image
 
 from . import checkpoint
 from .automask import AutoMaskSettings, find_objects
+from .concepts import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    ConceptFinder,
+    Concepts,
+    Sam3Like,
+    check_find_settings,
+    checked_concepts,
+    concept_finder,
+)
 from .errors import SettingsError
 from .generation import DecodingSpec, Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
@@ -47,6 +57,10 @@ class RegionResult:
     texts: dict[str, str]  # task name (the instruction for a free task) -> generated text, in request order
     fields: dict[str, str] = field(default_factory=dict)  # parsed label / definition where the tasks have them
     token_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    # Set by `PAM.find` (concept prompts through SAM 3): the concept, SAM 3's score and SAM 3's own mask.
+    concept: Optional[str] = None
+    concept_score: Optional[float] = None
+    concept_mask: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def task(self) -> str:
@@ -64,6 +78,7 @@ class RegionResult:
             "index": self.index, "prompt": self.prompt, "box": list(self.box) if self.box else None,
             "mask_area": int(self.mask.sum()), "mask_score": self.mask_score, "object_score": self.object_score,
             "task": self.task, "lang": self.lang, "text": self.text, "texts": dict(self.texts), **self.fields,
+            **({"concept": self.concept, "concept_score": self.concept_score} if self.concept is not None else {}),
         }
 
 
@@ -126,6 +141,9 @@ class PAM:
     decoder and Perceiver as one batch, and up to `max_batch` (region, task) sequences decoded together
     (None: 16 on the CPU, from free memory on a GPU).
     """
+
+    # SAM 3 for `find`: a folder, a Hub id or a loaded ConceptFinder (None: facebook/sam3), loaded on first use.
+    sam3: Sam3Like = None
 
     def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None):
         if max_batch is not None and max_batch < 1:
@@ -235,6 +253,35 @@ class PAM:
         regions = [Region.from_box(c.box).validated(features.width, features.height)
                    for c in find_objects(self.model.segmenter, features, auto)]
         return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
+
+    def find(self, image: ImageLike, concepts: Concepts, task: Tasks = "category", lang: str = "en",
+             threshold: float = DEFAULT_THRESHOLD, max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
+             generation: GenerationSettings = GenerationSettings(), sam3: Sam3Like = None,
+             progress: Optional[Progress] = None) -> list[RegionResult]:
+        """Find every instance of each concept (a noun phrase such as "red car", or several) with SAM 3 and
+        describe each one as a box prompt, PAM's training distribution: exactly what `describe` gives for the
+        same boxes, plus `concept`, SAM 3's `concept_score` and SAM 3's own `concept_mask`. SAM 3 encodes the
+        image once for all concepts, SAM 2 once as always. `threshold` and `max_instances` (per concept, None:
+        all) select SAM 3's instances; `sam3` overrides `self.sam3` (see `pam_core.concepts`). No instance
+        found is an empty list."""
+        names = checked_concepts(concepts)
+        check_find_settings(threshold, max_instances)
+        tasks = resolve_tasks(task, lang)
+        finder = self.concept_finder(sam3)
+        pil, features = self.encode(image)
+        if progress:
+            progress(0, 0, f"finding {', '.join(names)}")
+        instances = finder.find(pil, names, threshold=threshold, max_instances=max_instances)
+        regions = [Region.from_box(i.box).validated(features.width, features.height) for i in instances]
+        results = self._describe_regions(features, regions, ["concept"] * len(regions), tasks, lang, generation,
+                                         progress)
+        for result, instance in zip(results, instances):
+            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
+        return results
+
+    def concept_finder(self, sam3: Sam3Like = None) -> ConceptFinder:
+        """The SAM 3 `find` uses (`sam3`, else `self.sam3`, else facebook/sam3), on this engine's device."""
+        return concept_finder(sam3 if sam3 is not None else self.sam3).to(self.model.device)
 
     def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
                           tasks: list[Task], lang: str, generation: GenerationSettings,
