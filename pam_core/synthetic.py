@@ -210,6 +210,7 @@ def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
 def write_random_sam3(folder: Path, seed: int = 0) -> Path:
     """A transformers-format SAM 3 folder (config, model.safetensors, processor and CLIP tokenizer files) with
     random weights, small sizes and 224-pixel images, that `pam_core.concepts` loads like facebook/sam3."""
+    import transformers
     from transformers import (
         CLIPTextConfig,
         CLIPTokenizer,
@@ -217,7 +218,6 @@ def write_random_sam3(folder: Path, seed: int = 0) -> Path:
         Sam3DETRDecoderConfig,
         Sam3DETREncoderConfig,
         Sam3GeometryEncoderConfig,
-        Sam3ImageProcessor,
         Sam3MaskDecoderConfig,
         Sam3Model,
         Sam3Processor,
@@ -247,7 +247,9 @@ def write_random_sam3(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(str(folder))
     vocab_file, merges_file = write_clip_tokenizer_files(folder)
     tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=32)
-    image_processor = Sam3ImageProcessor(size={"height": SAM3_IMAGE_SIZE, "width": SAM3_IMAGE_SIZE},
+    # transformers 5.0 names it Sam3ImageProcessorFast; later releases Sam3ImageProcessor (the old name deprecated)
+    image_processor_class = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast
+    image_processor = image_processor_class(size={"height": SAM3_IMAGE_SIZE, "width": SAM3_IMAGE_SIZE},
                                          mask_size={"height": grid * 4, "width": grid * 4})
     Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
     return folder

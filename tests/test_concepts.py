@@ -13,6 +13,7 @@ from pam_core import (
     PAM,
     CheckpointError,
     ConceptFinder,
+    DependencyError,
     GenerationSettings,
     PromptError,
     Region,
@@ -175,6 +176,17 @@ def test_missing_hub_weights_name_the_licence_step():
     assert "'facebook/sam3' is not in the local Hugging Face cache and downloads are disabled" in message
     assert "accept the SAM License at https://huggingface.co/facebook/sam3" in message
     assert "then download it" in message and "hf download facebook/sam3" in message
+
+
+def test_transformers_without_sam3_names_the_version_to_install(tmp_path):
+    """Runs where transformers has no Sam3Model: the lowest-transformers tier (tests/test_transformers_min.py)."""
+    import transformers
+
+    if hasattr(transformers, "Sam3Model"):
+        pytest.skip("this transformers has SAM 3; tests/test_transformers_min.py runs this on the lowest one")
+    with pytest.raises(DependencyError, match=r"transformers 5.0 or newer \(Sam3Model\); this environment has "
+                                              r"transformers 4\..*pip install -U 'transformers>=5.0'"):
+        ConceptFinder.from_pretrained(tmp_path)
 
 
 # --- the command line ---------------------------------------------------------------------------------------
