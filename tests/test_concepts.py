@@ -22,6 +22,7 @@ from pam_core import (
     WeightsNotFoundError,
 )
 from pam_core.concepts import concept_finder
+from pam_core.io import draw_overlay
 
 SETTINGS = GenerationSettings(max_new_tokens=4, min_new_tokens=4)
 CONCEPTS = ["object", "red shape"]
@@ -115,12 +116,12 @@ def test_threshold_and_max_instances(finder):
 
 def test_find_is_describing_the_found_boxes(synthetic_pam, finder):
     tasks = ["category", "brief"]  # several texts per region, as describe shares one visual prefix among them
-    threshold = threshold_for_all(finder, 2)
+    threshold = threshold_for_all(finder, 1)
     synthetic_pam.cache.clear()
-    found = synthetic_pam.find(IMAGE, CONCEPTS, task=tasks, threshold=threshold, max_instances=2, generation=SETTINGS)
+    found = synthetic_pam.find(IMAGE, CONCEPTS, task=tasks, threshold=threshold, max_instances=1, generation=SETTINGS)
     assert len(synthetic_pam.cache) == 1  # SAM 2 encoded the image once
-    instances = finder.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=2)
-    assert len(found) == len(instances) == 4 and [r.concept for r in found] == [CONCEPTS[0]] * 2 + [CONCEPTS[1]] * 2
+    instances = finder.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=1)
+    assert len(found) == len(instances) == 2 and [r.concept for r in found] == CONCEPTS
     explicit = synthetic_pam.describe(IMAGE, [Region.from_box(i.box) for i in instances], task=tasks,
                                       generation=SETTINGS)
     for result, same, instance in zip(found, explicit, instances):
@@ -204,19 +205,20 @@ def test_cli_describe_find_writes_each_concept(pam_cli, cli_files, synthetic_pam
     image, model_args = cli_files
     threshold = threshold_for_all(finder, 2)
     proc = pam_cli("describe", image, *model_args, "--find", CONCEPTS[0], "--find", CONCEPTS[1],
-                   "--find-threshold", threshold, "--max-instances", "2", "--task", "category", "--out", tmp_path)
+                   "--find-threshold", threshold, "--max-instances", "1", "--task", "category", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = json.loads((tmp_path / "results.json").read_text())
-    want = synthetic_pam.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=2,
+    want = synthetic_pam.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=1,
                               generation=GenerationSettings(max_new_tokens=4, repetition_penalty=1.0))
-    assert len(records) == len(want) == 4
+    assert len(records) == len(want) == 2
     for record, result in zip(records, want):
         assert {k: v for k, v in record.items() if k in result.to_dict()} == json.loads(json.dumps(result.to_dict()))
         saved = np.asarray(Image.open(tmp_path / record["mask_png"])) > 0
         assert np.array_equal(saved, result.mask)
     assert [r["concept"] for r in records] == [r.concept for r in want]
     overlay = np.asarray(Image.open(tmp_path / "overlay.png"))
-    assert overlay.shape == (120, 160, 3) and (overlay != np.asarray(IMAGE)).any()
+    labelled = draw_overlay(IMAGE, [(r.mask, r.box, f"{r.concept}: {r.fields['label']}") for r in want])
+    assert np.array_equal(overlay, np.asarray(labelled))  # each region written as "concept: label"
 
 
 def test_cli_find_errors_are_messages(pam_cli, cli_files, tmp_path):
