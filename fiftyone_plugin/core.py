@@ -11,12 +11,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import fiftyone as fo
 
 from pam_core import PAM, AutoMaskSettings, GenerationSettings, ModelSource, load_pam
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.concepts import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    Sam3Like,
+    check_find_settings,
+    checked_concepts,
+    concept_finder,
+)
 from pam_core.errors import PAMError, PromptError
 from pam_core.io import load_image
 from pam_core.tasks import Tasks
@@ -35,7 +43,7 @@ DEFAULT_TASKS = ("category", "detailed")
 DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions
 RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the settings of the run that wrote it
 BATCH_SIZE = 16  # samples read, then described, then saved together
-IMAGE_OPTIONS = ("max_regions", "auto")
+IMAGE_OPTIONS = ("max_regions", "auto", "concepts", "find_threshold", "max_instances", "sam3")
 VIDEO_OPTIONS = ("prompts", "prompt_frame", "window", "segments", "carry")
 
 
@@ -65,6 +73,10 @@ class ModelRef:
         return cls(ModelSource(model=model, sam2=sam2, device=device, dtype=dtype, local_files_only=local_files_only))
 
     @property
+    def local_files_only(self) -> Optional[bool]:
+        return self.source.local_files_only if isinstance(self.source, ModelSource) else None
+
+    @property
     def name(self) -> str:
         """What labels record as `pam_model`: the Hub id or the checkpoint folder's name, never a local path
         (datasets are shared); "PAM" for a model loaded elsewhere."""
@@ -82,18 +94,31 @@ class ImageRequest:
     lang: str
     generation: GenerationSettings
     auto: AutoMaskSettings  # for automatic regions (no prompt field)
+    concepts: Sequence[str] = ()  # text concepts: SAM 3 finds the regions (pam_core's PAM.find)
+    find_threshold: float = DEFAULT_THRESHOLD
+    max_instances: Optional[int] = DEFAULT_MAX_INSTANCES
+    sam3: Sam3Like = None  # a folder, Hub id or ConceptFinder (None: facebook/sam3)
+    local_files_only: Optional[bool] = None  # for SAM 3 as for PAM: never download when True
 
     @classmethod
-    def of(cls, tasks: Tasks, lang: str, generation: GenerationSettings, auto: AutoMaskSettings) -> "ImageRequest":
-        return cls(tuple(task.key for task in label_tasks(tasks, lang)), lang, generation, auto)
+    def of(cls, tasks: Tasks, lang: str, generation: GenerationSettings, auto: AutoMaskSettings,
+           **find) -> "ImageRequest":
+        return cls(tuple(task.key for task in label_tasks(tasks, lang)), lang, generation, auto, **find)
 
 
 def describe_sample(pam: PAM, image, prompt_label, request: ImageRequest, model_name: str,
                     mask_dir: Optional[Path] = None, sample_id: str = "") -> fo.Detections:
-    """One image's PAM labels: the prompt label's regions, or automatic regions when `prompt_label` is False."""
+    """One image's PAM labels: the instances of the request's concepts, the prompt label's regions, or automatic
+    regions when `prompt_label` is False."""
     image = load_image(image)
     width, height = image.size
-    if prompt_label is False:
+    if request.concepts:
+        results = pam.find(image, request.concepts, task=list(request.tasks), lang=request.lang,
+                           threshold=request.find_threshold, max_instances=request.max_instances,
+                           generation=request.generation,
+                           sam3=concept_finder(request.sam3, local_files_only=request.local_files_only))
+        prompt_names = [None] * len(results)
+    elif prompt_label is False:
         results = pam.describe_everything(image, task=list(request.tasks), lang=request.lang,
                                           generation=request.generation, auto=request.auto)
         prompt_names = [None] * len(results)
@@ -188,11 +213,21 @@ def _media_options(dataset: fo.Dataset, options: dict, video: bool) -> dict:
 
 
 def _run_images(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
-                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None):
-    """Each image's regions (of `prompt_field`, or automatic) with the tasks' texts into one Detections field."""
+                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None,
+                concepts: Optional[list[str]] = None, find_threshold: float = DEFAULT_THRESHOLD,
+                max_instances: Optional[int] = DEFAULT_MAX_INSTANCES, sam3: Sam3Like = None):
+    """Each image's regions (of `prompt_field`, SAM 3's instances of `concepts`, or automatic) with the tasks'
+    texts into one Detections field."""
+    find = {}
+    if concepts:
+        if prompt_field is not None:
+            raise PromptError("concepts find the regions themselves; drop prompt_field")
+        check_find_settings(find_threshold, max_instances)
+        find = dict(concepts=checked_concepts(concepts), find_threshold=find_threshold, max_instances=max_instances)
     request = ImageRequest.of(DEFAULT_TASKS if tasks is None else tasks, lang, run.generation,
-                              auto or AutoMaskSettings(max_regions=max_regions))
-    record = run.record(prompt_field, list(request.tasks), lang)
+                              auto or AutoMaskSettings(max_regions=max_regions), **find, sam3=sam3,
+                              local_files_only=run.model.local_files_only)
+    record = run.record(prompt_field, list(request.tasks), lang, **find)
     run.check_target(record, exists=run.label_field in run.dataset.get_field_schema())
     if prompt_field is not None:
         check_prompt_field(run.dataset, prompt_field, "prompt field")
@@ -311,10 +346,13 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     definition, brief, detailed or a free instruction; default category and detailed). `model`: a Hub id, a
     checkpoint folder or a loaded `pam_core.PAM`; labels record its name (`pam_model`: the Hub id or the
     folder's name). Samples already done are skipped unless `overwrite`; a sample that fails records its error
-    in `<label_field>_error` and the run continues. Other keyword arguments: `max_regions`, `max_new_tokens`,
-    `generation` (a GenerationSettings), `auto` (an AutoMaskSettings for describe-everything), `mask_dir`
-    (write masks there as PNGs instead of inline), `device`, `dtype`, `local_files_only`. Returns a summary
-    dict (samples, skipped, failed, regions, errors).
+    in `<label_field>_error` and the run continues. `concepts=["person", "red car"]` (images; instead of a
+    prompt field): SAM 3 finds every instance of each and PAM describes it; each Detection carries `concept` and
+    SAM 3's `concept_score`; with `find_threshold`, `max_instances` (per concept) and `sam3` (a SAM 3 folder,
+    Hub id or `pam_core.ConceptFinder`; default facebook/sam3). Other keyword arguments: `max_regions`,
+    `max_new_tokens`, `generation` (a GenerationSettings), `auto` (an AutoMaskSettings for describe-everything),
+    `mask_dir` (write masks there as PNGs instead of inline), `device`, `dtype`, `local_files_only`. Returns a
+    summary dict (samples, skipped, failed, regions, errors).
 
     Video datasets: each prompt object is tracked through the video and captioned per segment, into
     frame-level Detections `frames.<label_field>` (`index` = track id) and TemporalDetections

@@ -2,9 +2,11 @@
 
 from .analysis import RegionAnalysis, RegionResult
 from .automask import AutoMaskSettings
+from .concepts import ConceptFinder, ConceptInstance
 from .engine import PAM, FeatureCache
 from .errors import (
     CheckpointError,
+    DependencyError,
     DeviceError,
     ImageError,
     PAMError,
@@ -24,8 +26,9 @@ from .video import VideoPrompt, VideoResult, VideoSettings
 __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
-    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
-    "WeightsNotFoundError",
+    "ConceptFinder", "ConceptInstance",
+    "PAMError", "CheckpointError", "DependencyError", "DeviceError", "ImageError", "PromptError", "SettingsError",
+    "TaskError", "WeightsNotFoundError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
     "StreamItem", "StreamProgress", "StreamResult",
 ]

@@ -13,6 +13,16 @@ from PIL import Image
 from . import checkpoint
 from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
 from .automask import AutoMaskSettings, find_objects
+from .concepts import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    ConceptFinder,
+    Concepts,
+    Sam3Like,
+    check_find_settings,
+    checked_concepts,
+    concept_finder,
+)
 from .errors import SettingsError
 from .generation import Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
@@ -79,6 +89,9 @@ class PAM:
     decoder and Perceiver as one batch, and up to `max_batch` (region, task) sequences decoded together
     (None: 16 on the CPU, from free memory on a GPU).
     """
+
+    # SAM 3 for `find`: a folder, a Hub id or a loaded ConceptFinder (None: facebook/sam3), loaded on first use.
+    sam3: Sam3Like = None
 
     def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None,
                  compile_decoder: bool = False):
@@ -155,6 +168,35 @@ class PAM:
         regions = [Region.from_box(c.box).validated(features.width, features.height)
                    for c in find_objects(self.model.segmenter, features, auto)]
         return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
+
+    def find(self, image: ImageLike, concepts: Concepts, task: Tasks = "category", lang: str = "en",
+             threshold: float = DEFAULT_THRESHOLD, max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
+             generation: GenerationSettings = GenerationSettings(), sam3: Sam3Like = None,
+             progress: Optional[Progress] = None) -> list[RegionResult]:
+        """Find every instance of each concept (a noun phrase such as "red car", or several) with SAM 3 and
+        describe each one as a box prompt, PAM's training distribution: exactly what `describe` gives for the
+        same boxes, plus `concept`, SAM 3's `concept_score` and SAM 3's own `concept_mask`. SAM 3 encodes the
+        image once for all concepts, SAM 2 once as always. `threshold` and `max_instances` (per concept, None:
+        all) select SAM 3's instances; `sam3` overrides `self.sam3` (see `pam_core.concepts`). No instance
+        found is an empty list."""
+        names = checked_concepts(concepts)
+        check_find_settings(threshold, max_instances)
+        tasks = resolve_tasks(task, lang)
+        finder = self.concept_finder(sam3)
+        pil, features = self.encode(image)
+        if progress:
+            progress(0, 0, f"finding {', '.join(names)}")
+        instances = finder.find(pil, names, threshold=threshold, max_instances=max_instances)
+        regions = [Region.from_box(i.box).validated(features.width, features.height) for i in instances]
+        results = self._describe_regions(features, regions, ["concept"] * len(regions), tasks, lang, generation,
+                                         progress)
+        for result, instance in zip(results, instances):
+            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
+        return results
+
+    def concept_finder(self, sam3: Sam3Like = None) -> ConceptFinder:
+        """The SAM 3 `find` uses (`sam3`, else `self.sam3`, else facebook/sam3), on this engine's device."""
+        return concept_finder(sam3 if sam3 is not None else self.sam3).to(self.model.device)
 
     def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
                           tasks: list[Task], lang: str, generation: GenerationSettings,

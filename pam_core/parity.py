@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .engine import PAM, RegionAnalysis
+from .analysis import RegionAnalysis
+from .engine import PAM
 from .errors import CheckpointError
 from .generation import GenerationSettings
 from .prompts import Region

@@ -18,6 +18,9 @@ from ..prompts import Region
 from ..tasks import LANGUAGES, resolve_tasks
 from .common import (
     box_region,
+    concept_finder,
+    concept_options,
+    concepts_of,
     decoding_options,
     load_model,
     log,
@@ -35,10 +38,11 @@ DEFAULT_TASK = "category"
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "describe", parents=[prompt_options(), model_options(), decoding_options(), sampling_options()],
+        "describe", parents=[prompt_options(), concept_options(), model_options(), decoding_options(),
+                             sampling_options()],
         help="segment and describe regions of an image",
         description="Each --box and each --mask is one region; all --point options together form one region; "
-                    "--everything finds the regions itself.")
+                    "--everything finds the regions itself, and so does --find (every instance of a concept).")
     parser.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
     parser.add_argument("--task", action="append", default=None,
                         help=f"category | definition | brief | detailed | a free instruction in quotes (default: "
@@ -82,11 +86,18 @@ def _regions(args) -> list[Region]:
     if args.point:
         regions.append(points_region(args.point))
     regions += [Region.from_mask(path) for path in args.mask]
+    if args.find and (regions or args.everything):
+        raise PromptError("--find finds the regions itself; drop --box, --point, --mask and --everything")
     if regions and args.everything:
         raise PromptError("--everything finds the regions itself; drop --box, --point and --mask")
-    if not regions and not args.everything:
-        raise PromptError("give at least one region (--box, --point or --mask) or --everything")
+    if not regions and not args.everything and not args.find:
+        raise PromptError("give at least one region (--box, --point or --mask), --everything or --find")
     return regions
+
+
+def _overlay_label(result) -> str:
+    label = result.fields.get("label") or result.text
+    return f"{result.concept}: {label}" if result.concept is not None else label
 
 
 def run(args) -> int:
@@ -99,15 +110,21 @@ def run(args) -> int:
         raise SettingsError(f"--max-batch must be >= 1, got {args.max_batch}")
     image = load_image(args.image)
     regions = [region.validated(image.width, image.height) for region in _regions(args)]
+    concepts = concepts_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # results.json marks a complete run; drop a stale one first
 
     start = time.time()
+    finder = concept_finder(args) if concepts else None  # a missing SAM 3 fails before PAM loads
     pam = load_model(args, max_batch=args.max_batch, cache_size=0)
     if args.everything:
         results = pam.describe_everything(image, task=tasks, lang=args.lang, generation=generation, auto=auto,
                                           progress=progress_log(start))
+    elif concepts:
+        results = pam.find(image, concepts, task=tasks, lang=args.lang, threshold=args.find_threshold,
+                           max_instances=args.max_instances, generation=generation, sam3=finder,
+                           progress=progress_log(start))
     else:
         results = pam.describe(image, regions, task=tasks, lang=args.lang, generation=generation,
                                progress=progress_log(start))
@@ -121,8 +138,7 @@ def run(args) -> int:
     for stale in out.glob("mask_*.png"):
         if stale.name not in written:
             stale.unlink()
-    save_png(out / "overlay.png", draw_overlay(image, [(r.mask, r.box, r.fields.get("label") or r.text)
-                                                       for r in results]))
+    save_png(out / "overlay.png", draw_overlay(image, [(r.mask, r.box, _overlay_label(r)) for r in results]))
     write_json(out / "results.json", records)
     log(f"wrote {len(records)} region(s) to {out} in {time.time() - start:.1f} s")
     if args.json:
