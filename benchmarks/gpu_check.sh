@@ -57,8 +57,8 @@ esac
 if ! "$python" -c "$needs" 2>/dev/null; then
     if compgen -G "$carry/wheels/*.whl" >/dev/null; then
         site=${TMPDIR:-/tmp}/pam-gpu-check-site
-        "$python" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
-            --no-cache-dir --upgrade --target "$site" "$carry"/wheels/*.whl
+        # pure-Python wheels: unpacked onto PYTHONPATH for this run only, nothing installed
+        for wheel in "$carry"/wheels/*.whl; do "$python" -m zipfile -e "$wheel" "$site"; done
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
     "$python" -c "$needs" || {
