@@ -40,12 +40,15 @@ class StreamItem:
     """One image of a stream with what to ask about it.
 
     `regions`: the region prompts (boxes, points, masks; anything `Region`-like), or None to describe
-    everything SAM 2's automatic masks find. `id` names the image in results (default: the path, else the
-    position in the stream). `task`/`lang` override the stream's for this image.
+    everything SAM 2's automatic masks find. Prompts that depend on the image's size (relative coordinates, as
+    in FiftyOne labels) may be given as a function of (width, height) returning them: it runs in the reader
+    thread once the image is read, and a PAMError it raises becomes the image's error. `id` names the image in
+    results (default: the path, else the position in the stream). `task`/`lang` override the stream's for this
+    image.
     """
 
     image: ImageLike
-    regions: Optional[Sequence[RegionLike]] = None
+    regions: Optional[Union[Sequence[RegionLike], Callable[[int, int], Sequence[RegionLike]]]] = None
     id: Optional[str] = None
     task: Optional[Tasks] = None
     lang: Optional[str] = None
@@ -186,7 +189,8 @@ class _Stream:
             image = load_image(item.image)
             prepared.size = image.size
             if item.regions is not None:
-                prepared.regions = [as_region(r).validated(image.width, image.height) for r in item.regions]
+                regions = item.regions(*image.size) if callable(item.regions) else item.regions
+                prepared.regions = [as_region(r).validated(image.width, image.height) for r in regions]
             prepared.pixels = preprocess(image, self.model.segmenter.image_size)
         except PAMError as exc:
             prepared.error = str(exc)
@@ -295,7 +299,7 @@ def _run(stream: _Stream, items: Iterable, workers: int, lookahead: int, progres
                 ready = []
                 while not reader.done and len(ready) < stream.encoder_batch:
                     item = reader.next()
-                    if item.error is not None:
+                    if item.error is not None or item.regions == []:  # nothing to encode: done already
                         yield finished(StreamResult(item.index, item.id, [], item.size, item.error))
                     else:
                         ready.append(item)
