@@ -293,10 +293,12 @@ def _stream_images(run: RunContext, pam: PAM, ids: list[str], prompt_field: Opti
             for sample in batch:
                 prompt = LabelRegions(sample[prompt_field]) if prompt_field else None  # None: describe everything
                 reading[sample.id] = sample, prompt
-                yield StreamItem(sample.filepath, prompt, id=sample.id)
+                yield StreamItem(sample.filepath, prompt, id=sample.id, concepts=request.concepts or None)
 
+    sam3 = concept_finder(request.sam3, local_files_only=request.local_files_only) if request.concepts else None
     stream = pam.describe_stream(items(), task=list(request.tasks), lang=request.lang, generation=request.generation,
-                                 auto=request.auto)
+                                 auto=request.auto, find_threshold=request.find_threshold,
+                                 max_instances=request.max_instances, sam3=sam3)
     with closing(stream):  # a run stopped early stops the engine's reader threads too
         for result in stream:
             sample, prompt = reading.pop(result.id)

@@ -220,18 +220,28 @@ class PAM:
                         lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                         auto: AutoMaskSettings = AutoMaskSettings(), *, encoder_batch: Optional[int] = None,
                         workers: int = 2, lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
-                        cancel=None) -> Iterator[StreamResult]:
+                        cancel=None, find_threshold: float = DEFAULT_THRESHOLD,
+                        max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
+                        sam3: Sam3Like = None) -> Iterator[StreamResult]:
         """Describe a dataset: `items` is any iterable of `StreamItem`s (an image with its regions, or None for
         everything), and one `StreamResult` per image comes out as soon as it is done. Images are read ahead
         in background threads, encoded in batches, and the regions of many images decode together (up to
-        `max_batch` rows); in float32 each image gets what `describe` gives it. See `pam_core.stream`.
+        `max_batch` rows); in float32 each image gets what `describe` gives it. See `pam_core.stream`. Items
+        with `concepts` get what `find` gives them (`find_threshold`, `max_instances`, `sam3` as there; SAM 3
+        loads at the first such item).
 
         >>> for result in pam.describe_stream(StreamItem(path, [Region.from_box(b)]) for path, b in boxes):
         ...     print(result.id, result.error or [r.text for r in result.regions])
         """
+        check_find_settings(find_threshold, max_instances)
+
+        def find_concepts(image: Image.Image, concepts: list[str]):
+            return self.concept_finder(sam3).find(image, concepts, threshold=find_threshold,
+                                                  max_instances=max_instances)
+
         return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
                                compile_decoder=self.compile_decoder, encoder_batch=encoder_batch, workers=workers,
-                               lookahead=lookahead, progress=progress, cancel=cancel)
+                               lookahead=lookahead, progress=progress, cancel=cancel, find_concepts=find_concepts)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,

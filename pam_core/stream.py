@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
+from PIL import Image
 
 from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
 from .automask import AutoMaskSettings, find_objects
-from .errors import PAMError, SettingsError
+from .concepts import ConceptInstance, checked_concepts
+from .errors import PAMError, PromptError, SettingsError
 from .generation import DecodeBatch, Generation, GenerationSettings
 from .io import ImageLike, load_image
 from .model import PAMModel
@@ -42,9 +44,10 @@ class StreamItem:
     `regions`: the region prompts (boxes, points, masks; anything `Region`-like), or None to describe
     everything SAM 2's automatic masks find. Prompts that depend on the image's size (relative coordinates, as
     in FiftyOne labels) may be given as a function of (width, height) returning them: it runs in the reader
-    thread once the image is read, and a PAMError it raises becomes the image's error. `id` names the image in
-    results (default: the path, else the position in the stream). `task`/`lang` override the stream's for this
-    image.
+    thread once the image is read, and a PAMError it raises becomes the image's error. `concepts`, instead of
+    `regions`: text concepts ("red car") whose SAM 3 instances are described as box prompts, as `PAM.find` does
+    (the stream needs `find_concepts`). `id` names the image in results (default: the path, else the position
+    in the stream). `task`/`lang` override the stream's for this image.
     """
 
     image: ImageLike
@@ -52,6 +55,11 @@ class StreamItem:
     id: Optional[str] = None
     task: Optional[Tasks] = None
     lang: Optional[str] = None
+    concepts: Optional[Sequence[str]] = None
+
+
+# What finds concepts for a stream: (image, concepts) -> SAM 3's instances (e.g. a bound `ConceptFinder.find`).
+FindConcepts = Callable[[Image.Image, list[str]], list[ConceptInstance]]
 
 
 @dataclass
@@ -100,7 +108,9 @@ class _Prepared:
     lang: str
     size: Optional[tuple[int, int]] = None
     pixels: Optional[torch.Tensor] = None
-    regions: Optional[list[Region]] = None  # None: describe everything
+    regions: Optional[list[Region]] = None  # None: describe everything (or the concepts' instances)
+    concepts: Optional[list[str]] = None
+    image: Optional[Image.Image] = None  # kept for SAM 3 when there are concepts to find
     error: Optional[str] = None
 
 
@@ -111,6 +121,7 @@ class _InFlight:
     item: _Prepared
     analyses: list[RegionAnalysis]
     prompts: list[str]
+    instances: Optional[list[ConceptInstance]] = None  # SAM 3's, one per region, for concept items
     joined: int = 0  # regions that have joined the batch (in order)
     generations: dict[tuple[int, int], Generation] = field(default_factory=dict)
 
@@ -169,8 +180,10 @@ class _Stream:
     """The model side of `describe_stream`: encoder batches, region analysis and the shared decoding batch."""
 
     def __init__(self, model: PAMModel, task: Tasks, lang: str, generation: GenerationSettings,
-                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False):
+                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False,
+                 find_concepts: Optional[FindConcepts] = None):
         self.model = model
+        self.find_concepts = find_concepts
         self.task, self.lang = task, lang
         self.tasks = resolve_tasks(task, lang)  # checked before the first image is read
         self.auto = auto
@@ -186,8 +199,16 @@ class _Stream:
         try:
             if item.task is not None or lang != self.lang:
                 prepared.tasks = resolve_tasks(self.task if item.task is None else item.task, lang)
+            if item.concepts is not None:
+                if item.regions is not None:
+                    raise PromptError("an image takes regions or concepts, not both")
+                if self.find_concepts is None:
+                    raise SettingsError("concepts need a stream made with find_concepts (SAM 3)")
+                prepared.concepts = checked_concepts(item.concepts)
             image = load_image(item.image)
             prepared.size = image.size
+            if prepared.concepts:
+                prepared.image = image
             if item.regions is not None:
                 regions = item.regions(*image.size) if callable(item.regions) else item.regions
                 prepared.regions = [as_region(r).validated(image.width, image.height) for r in regions]
@@ -202,13 +223,19 @@ class _Stream:
         flights = []
         for item, feats in zip(items, features):
             item.pixels = None
-            if item.regions is None:
+            instances = None
+            if item.concepts:
+                instances = self.find_concepts(item.image, item.concepts)
+                item.image = None
+                regions = [Region.from_box(i.box).validated(feats.width, feats.height) for i in instances]
+                prompts = ["concept"] * len(regions)
+            elif item.regions is None:
                 regions = [Region.from_box(c.box).validated(feats.width, feats.height)
                            for c in find_objects(self.model.segmenter, feats, self.auto)]
                 prompts = ["auto"] * len(regions)
             else:
                 regions, prompts = item.regions, [r.kind for r in item.regions]
-            flights.append(_InFlight(item, analyze_regions(self.model, feats, regions), prompts))
+            flights.append(_InFlight(item, analyze_regions(self.model, feats, regions), prompts, instances))
         return flights
 
     def join_waiting(self) -> None:
@@ -247,6 +274,8 @@ class _Stream:
         regions = [region_result(r, flight.prompts[r], analysis, item.tasks,
                                  [flight.generations[r, t] for t in range(len(item.tasks))], item.lang)
                    for r, analysis in enumerate(flight.analyses)]
+        for result, instance in zip(regions, flight.instances or ()):
+            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
         return StreamResult(item.index, item.id, regions, item.size)
 
 
@@ -255,7 +284,8 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
                     compile_decoder: bool = False, encoder_batch: Optional[int] = None, workers: int = 2,
                     lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
-                    cancel: Optional[threading.Event] = None) -> Iterator[StreamResult]:
+                    cancel: Optional[threading.Event] = None,
+                    find_concepts: Optional[FindConcepts] = None) -> Iterator[StreamResult]:
     """Describe every image of `items` (`StreamItem`s, or images to describe everything of), yielding one
     `StreamResult` per image as it completes (not necessarily in stream order; `index` gives the position).
 
@@ -264,14 +294,15 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     encoded together (default 1 on a CPU, 8 on a GPU), `workers` the reader threads and `lookahead` the
     images read ahead. `compile_decoder` decodes with `torch.compile`d LLM steps (`PAMModel.decoding_llm`).
     `progress` is called after every image; setting `cancel` (or closing the iterator) stops the stream after
-    the current decoding step, and what finished has been yielded.
+    the current decoding step, and what finished has been yielded. `find_concepts` finds the instances of the
+    items' `concepts` (called in the model's thread, once per image with concepts).
     """
     if max_batch < 1 or workers < 1 or lookahead < 1 or (encoder_batch is not None and encoder_batch < 1):
         raise SettingsError(f"max_batch, encoder_batch, workers and lookahead must be >= 1, got {max_batch}, "
                             f"{encoder_batch}, {workers} and {lookahead}")
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
-    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder)
+    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder, find_concepts)
     return _run(stream, items, workers, max(lookahead, encoder_batch), progress, cancel)
 
 

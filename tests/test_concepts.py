@@ -23,6 +23,7 @@ from pam_core import (
 )
 from pam_core.concepts import concept_finder
 from pam_core.io import draw_overlay
+from pam_core.stream import StreamItem
 
 SETTINGS = GenerationSettings(max_new_tokens=4, min_new_tokens=4)
 CONCEPTS = ["object", "red shape"]
@@ -133,6 +134,27 @@ def test_find_is_describing_the_found_boxes(synthetic_pam, finder):
         assert record["concept"] == instance.concept and record["concept_score"] == instance.score
         assert "concept" not in same.to_dict()
         json.dumps(record)
+
+
+def test_a_stream_finds_concepts_as_find_does(synthetic_pam, finder):
+    """`describe_stream` items with `concepts`: what `find` gives each image; no instance is an empty result;
+    concepts with regions, or a bad concept, are that image's error."""
+    threshold = threshold_for_all(finder, 1)
+    expected = synthetic_pam.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=1, generation=SETTINGS)
+    items = [StreamItem(IMAGE, concepts=CONCEPTS, id="found"), StreamItem(IMAGE, concepts=["  "], id="blank"),
+             StreamItem(IMAGE, [[0, 0, 9, 9]], concepts=CONCEPTS, id="both")]
+    results = {r.id: r for r in synthetic_pam.describe_stream(items, generation=SETTINGS, find_threshold=threshold,
+                                                              max_instances=1)}
+    found = results["found"].regions
+    assert [r.concept for r in found] == CONCEPTS and len(found) == len(expected)
+    for result, same in zip(found, expected):
+        assert result.token_ids == same.token_ids and np.array_equal(result.mask, same.mask)
+        assert result.concept_score == same.concept_score and np.array_equal(result.concept_mask, same.concept_mask)
+    assert "concept 1 is empty" in results["blank"].error
+    assert "regions or concepts, not both" in results["both"].error
+    [nothing] = synthetic_pam.describe_stream([StreamItem(IMAGE, concepts=CONCEPTS)], generation=SETTINGS,
+                                              find_threshold=1.0)
+    assert nothing.ok and nothing.regions == []
 
 
 def test_no_instance_found_is_an_empty_result(synthetic_pam):
