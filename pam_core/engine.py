@@ -232,9 +232,18 @@ class PAM:
         _, features = self.encode(image)
         if progress:
             progress(0, 0, "finding objects")
-        regions = [Region.from_box(c.box).validated(features.width, features.height)
-                   for c in find_objects(self.model.segmenter, features, auto)]
+        regions = self._find_regions(features, auto)
         return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
+
+    def find_regions(self, image: ImageLike, auto: AutoMaskSettings = AutoMaskSettings()) -> list[Region]:
+        """The image's objects as box regions, found as `describe_everything` finds them but not described: e.g.
+        the objects of a video's prompt frame, to track with `describe_video`."""
+        _, features = self.encode(image)
+        return self._find_regions(features, auto)
+
+    def _find_regions(self, features: ImageFeatures, auto: AutoMaskSettings) -> list[Region]:
+        return [Region.from_box(c.box).validated(features.width, features.height)
+                for c in find_objects(self.model.segmenter, features, auto)]
 
     def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
                           tasks: list[Task], lang: str, generation: GenerationSettings,
