@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from fiftyone_plugin import apply_pam
-from helpers import FIXTURE, REPO, free_port, needs_fixture
+from helpers import FIXTURE, REPO, free_port, needs_ffmpeg, needs_fixture
 
 ARTIFACTS = REPO / "test-artifacts" / "fiftyone"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -175,6 +175,7 @@ def test_app_shows_pam_masks_and_captions(app_url, page, described):
         assert f"Caption: {detection.caption}" in shown and detection.label in shown, shown
 
 
+@needs_ffmpeg
 def test_app_shows_pam_video_tracks(app_url, page, described_video):
     """The video sample in the App's modal: its first frame with PAM's tracked mask and box drawn over it."""
     page.goto(f"{app_url}/datasets/{VIDEO_DATASET}", wait_until="domcontentloaded")

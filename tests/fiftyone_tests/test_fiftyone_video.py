@@ -3,7 +3,6 @@ frame Detections (`index` = track id) and captioned per segment into TemporalDet
 pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens); the zoo model
 as a FiftyOne video model through `apply_model`, which reads videos with ffmpeg."""
 
-import shutil
 from pathlib import Path
 
 import fiftyone as fo
@@ -15,16 +14,13 @@ import pytest
 from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
 from fiftyone_plugin.panel import region_texts_markdown
-from helpers import CHECKPOINT, SAM2, needs_fixture
+from helpers import CHECKPOINT, SAM2, needs_ffmpeg, needs_fixture
 from helpers import FIFTYONE_PLUGIN as PLUGIN
 from pam_core import AutoMaskSettings, GenerationSettings, Region
 from pam_core.errors import PromptError, SettingsError, TaskError, VideoError
 from pam_core.video import VideoPrompt
 
 pytestmark = [pytest.mark.host, needs_fixture]
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
-                                  reason="FiftyOne's apply_model reads videos with ffmpeg and ffprobe "
-                                         "(scripts/test-setup/fiftyone.sh installs them)")
 FAST = GenerationSettings(max_new_tokens=4)
 FRAMES = 4
 # Pixel boxes of the 320x240 clip whose relative coordinates are exact binary fractions, so the prompt that
