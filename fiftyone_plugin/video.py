@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import fiftyone as fo
 
-from pam_core import PAM, GenerationSettings, VideoSettings
+from pam_core import PAM, AutoMaskSettings, GenerationSettings, VideoSettings
 from pam_core.errors import PromptError, TaskError, VideoError
 from pam_core.tasks import VIDEO_CAPTION, Tasks, parse_output
 from pam_core.video import open_video
@@ -55,6 +55,22 @@ def prompt_labels(sample, prompt_field: str, prompt_frame: Optional[int] = None)
     return {}
 
 
+def automatic_prompt_labels(pam: PAM, filepath: str, frame_number: int, auto: AutoMaskSettings
+                            ) -> dict[int, fo.Detections]:
+    """{frame number: box Detections}: the objects PAM finds on that frame (describe everything's regions), as
+    prompts for a video without a prompt field."""
+    source = open_video(filepath)
+    for index, image, _ in source.frames():
+        if index == frame_number - 1:
+            width, height = image.size
+            boxes = [region.box for region in pam.find_regions(image, auto)]
+            return {frame_number: fo.Detections(detections=[
+                fo.Detection(bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height])
+                for x0, y0, x1, y1 in boxes])}
+    raise PromptError(f"prompt frame {frame_number} is past the last frame of {filepath} "
+                      f"({source.info.num_frames} frames)")
+
+
 def describe_video_sample(pam: PAM, filepath: str, labels_by_frame: dict, settings: VideoSettings,
                           generation: GenerationSettings, model_name: str, mask_dir: Optional[Path] = None,
                           sample_id: str = "") -> tuple[dict[int, fo.Detections], fo.TemporalDetections]:
@@ -79,6 +95,25 @@ def describe_video_sample(pam: PAM, filepath: str, labels_by_frame: dict, settin
                 for caption in result.captions]
     return ({number: fo.Detections(detections=found) for number, found in frames.items()},
             fo.TemporalDetections(detections=captions))
+
+
+def captioned_frames(frames: dict[int, fo.Detections], captions: fo.TemporalDetections) -> dict[int, fo.Detections]:
+    """The frame labels with each detection carrying its track's caption (texts, `label`, `lang`, `prompt_label`)
+    for the segment holding the frame, or for the next segment on frames tracked back before a caption starts:
+    FiftyOne's video Model API stores frame-level labels only, so there is no sample field for the captions."""
+    by_track: dict[int, list] = {}
+    for caption in captions.detections:
+        by_track.setdefault(caption.index, []).append(caption)
+    for number, detections in frames.items():
+        for detection in detections.detections:
+            following = [c for c in by_track.get(detection.index, []) if c.support[1] >= number]
+            if not following:
+                continue  # tracked past the last segment (memory carry): no caption covers it
+            caption = min(following, key=lambda c: c.support[0])
+            for name, value in caption.iter_fields():
+                if name not in ("id", "tags", "support", "confidence", "index") and value is not None:
+                    detection.set_field(name, value)
+    return frames
 
 
 def write_video_labels(sample, label_field: str, frames: dict[int, fo.Detections],

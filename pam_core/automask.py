@@ -15,7 +15,7 @@ from sam2.utils.amg import batched_mask_to_box, build_point_grid, calculate_stab
 from torchvision.ops import batched_nms
 
 from .errors import SettingsError
-from .prompts import Box
+from .prompts import Box, Region
 from .segmenter import ImageFeatures, SAM2Segmenter
 
 ORDERS = ("area", "score")
@@ -81,3 +81,9 @@ def find_objects(segmenter: SAM2Segmenter, features: ImageFeatures, settings: Au
     pixel_boxes = (boxes[keep].cpu() + torch.tensor([0.0, 0.0, 1.0, 1.0])) * scale
     return [Candidate(tuple(float(v) for v in box), float(s), float(st), float(a))
             for box, s, st, a in zip(pixel_boxes.tolist(), scores[keep], stabilities[keep], areas[keep])]
+
+
+def object_regions(segmenter: SAM2Segmenter, features: ImageFeatures, settings: AutoMaskSettings) -> list[Region]:
+    """The image's objects (`find_objects`) as the box regions they are described as."""
+    return [Region.from_box(c.box).validated(features.width, features.height)
+            for c in find_objects(segmenter, features, settings)]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import checkpoint
 from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
-from .automask import AutoMaskSettings, find_objects
+from .automask import AutoMaskSettings, object_regions
 from .concepts import (
     DEFAULT_MAX_INSTANCES,
     DEFAULT_THRESHOLD,
@@ -165,8 +165,7 @@ class PAM:
         _, features = self.encode(image)
         if progress:
             progress(0, 0, "finding objects")
-        regions = [Region.from_box(c.box).validated(features.width, features.height)
-                   for c in find_objects(self.model.segmenter, features, auto)]
+        regions = object_regions(self.model.segmenter, features, auto)
         return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
 
     def find(self, image: ImageLike, concepts: Concepts, task: Tasks = "category", lang: str = "en",
@@ -197,6 +196,12 @@ class PAM:
     def concept_finder(self, sam3: Sam3Like = None) -> ConceptFinder:
         """The SAM 3 `find` uses (`sam3`, else `self.sam3`, else facebook/sam3), on this engine's device."""
         return concept_finder(sam3 if sam3 is not None else self.sam3).to(self.model.device)
+
+    def find_regions(self, image: ImageLike, auto: AutoMaskSettings = AutoMaskSettings()) -> list[Region]:
+        """The image's objects as box regions, found as `describe_everything` finds them but not described: e.g.
+        the objects of a video's prompt frame, to track with `describe_video`."""
+        _, features = self.encode(image)
+        return object_regions(self.model.segmenter, features, auto)
 
     def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
                           tasks: list[Task], lang: str, generation: GenerationSettings,

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import ImageError, PAMError, PromptError
+from .fonts import label_font
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 PIXEL_LIMIT_ENV = "PAM_MAX_IMAGE_PIXELS"
@@ -152,7 +153,8 @@ OverlayRegion = tuple[np.ndarray, Optional[tuple[float, float, float, float]], s
 
 
 def draw_overlay(image: Image.Image, regions: Iterable[OverlayRegion]) -> Image.Image:
-    """The image with each region's mask tinted, its box outlined and its label written at the box."""
+    """The image with each region's mask tinted, its box outlined and its label written at the box (in a CJK
+    font when the label needs one, see `pam_core.fonts`)."""
     canvas = np.asarray(image.convert("RGB")).astype(np.float32)
     labels = []
     for index, (mask, box, label) in enumerate(regions):
@@ -166,10 +168,12 @@ def draw_overlay(image: Image.Image, regions: Iterable[OverlayRegion]) -> Image.
             continue
         draw.rectangle(box, outline=color, width=2)
         text = label if len(label) <= 60 else label[:57] + "..."
-        x, y = box[0], max(0, box[1] - 12)
-        text_box = draw.textbbox((x, y), text)
+        font = label_font(text)
+        _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        x, y = box[0], max(0, box[1] - (bottom - top) - 2)
+        text_box = draw.textbbox((x, y), text, font=font)
         draw.rectangle(text_box, fill=color)
-        draw.text((x, y), text, fill=(255, 255, 255))
+        draw.text((x, y), text, fill=(255, 255, 255), font=font)
     return out
 
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
-from .automask import AutoMaskSettings, find_objects
+from .automask import AutoMaskSettings, object_regions
 from .concepts import ConceptInstance, checked_concepts
 from .errors import PAMError, PromptError, SettingsError
 from .generation import DecodeBatch, Generation, GenerationSettings
@@ -230,8 +230,7 @@ class _Stream:
                 regions = [Region.from_box(i.box).validated(feats.width, feats.height) for i in instances]
                 prompts = ["concept"] * len(regions)
             elif item.regions is None:
-                regions = [Region.from_box(c.box).validated(feats.width, feats.height)
-                           for c in find_objects(self.model.segmenter, feats, self.auto)]
+                regions = object_regions(self.model.segmenter, feats, self.auto)
                 prompts = ["auto"] * len(regions)
             else:
                 regions, prompts = item.regions, [r.kind for r in item.regions]

@@ -18,6 +18,9 @@ needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"golden fixture
 # pycocoevalcap's PTB tokenizer and METEOR run Java; tests that need it are also marked `host`.
 needs_java = pytest.mark.skipif(shutil.which("java") is None,
                                 reason="caption metrics need Java (scripts/test-setup/eval.sh)")
+# FiftyOne reads videos with ffmpeg and ffprobe in apply_model (video models) and compute_metadata.
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+                                  reason="FiftyOne reads videos with ffmpeg, ffprobe (scripts/test-setup/fiftyone.sh)")
 
 
 def free_port() -> int:

@@ -256,7 +256,7 @@ def test_cli_everything_thresholds_reach_the_automatic_masks(pam, pam_cli, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (("--everything", "--box", "1,2,30,40"), "drop --box"),
-    ((), "or --everything"),
+    ((), "--everything or --find"),
     (("--box", "1,2,30,40", "--task", "brief", "--task", "brief"), "repeated"),
     (("--box", "1,2,30,40", "--max-batch", "0"), "--max-batch"),
     (("--everything", "--max-regions", "0"), "max_regions"),

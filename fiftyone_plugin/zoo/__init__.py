@@ -1,5 +1,6 @@
 """Remote FiftyOne model zoo source for PAM: `foz.register_zoo_model_source(<repository url>)`, then
-`foz.load_zoo_model("pam-suite/pam-1.5b", tasks=("category", "detailed"))`.
+`foz.load_zoo_model("pam-suite/pam-1.5b", tasks=("category", "detailed"))` (add `media_type="video"` for video
+datasets).
 
 A downloaded model folder holds the PAM checkpoint (`PAM-1.5B/` or `PAM-3B/`, as on the Hub) and SAM 2.1
 Hiera-L (`sam2.1_hiera_large.pt`).
@@ -42,7 +43,8 @@ def download_model(model_name, model_path):
 
 
 def load_model(model_name, model_path, **kwargs):
-    """A `PAMRegionModel` on the downloaded weights; kwargs: tasks, lang, max_regions, max_new_tokens, device, dtype."""
+    """A `PAMRegionModel` on the downloaded weights; kwargs: tasks, lang, max_regions, max_new_tokens, device, dtype,
+    and media_type="video" with prompt_frame, window, segments, carry for video datasets."""
     folder = Path(model_path)
     kwargs.setdefault("model", folder / _hub_repo(model_name).split("/")[1])
     kwargs.setdefault("sam2", folder / SAM2_FILE)

@@ -6,6 +6,7 @@ FiftyOne reads its config when it is imported, so the environment is set here, b
 
 import atexit
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port
+from helpers import CHECKPOINT, REPO, SAM2, free_port
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pam-fiftyone-"))
 atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)  # also when no test of this folder ran
@@ -74,3 +75,20 @@ def mongod():
         process.kill()
         process.wait()
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def zoo_source(mongod):
+    """The plugin's remote-zoo source as FiftyOne sees it after `register_zoo_model_source` (a folder under the
+    zoo dir), with `pam-suite/pam-1.5b` "downloaded": the fixture checkpoint in the Hub's layout + SAM 2 weights."""
+    import fiftyone as fo
+
+    zoo = REPO / "fiftyone_plugin" / "zoo"
+    source = Path(fo.config.model_zoo_dir) / json.loads((zoo / "manifest.json").read_text())["name"]
+    shutil.copytree(zoo, source, dirs_exist_ok=True)
+    downloaded = source / "pam-1.5b"
+    downloaded.mkdir()
+    (downloaded / "PAM-1.5B").symlink_to(CHECKPOINT, target_is_directory=True)
+    (downloaded / "sam2.1_hiera_large.pt").symlink_to(SAM2)
+    (downloaded / "sam2.1_hiera_large.yaml").symlink_to(SAM2.with_suffix(".yaml"))
+    return source

@@ -1,5 +1,6 @@
 """The real FiftyOne App, served headless on 127.0.0.1 and driven by headless Chromium: PAM's masks and
-captions must show. Screenshots are kept in test-artifacts/fiftyone/ for a person to look at."""
+captions must show, on images and on a video's frames. Screenshots are kept in test-artifacts/fiftyone/ for a person to
+look at."""
 
 import io
 import os
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from fiftyone_plugin import apply_pam
-from helpers import FIXTURE, REPO, free_port, needs_fixture
+from helpers import FIXTURE, REPO, free_port, needs_ffmpeg, needs_fixture
 
 ARTIFACTS = REPO / "test-artifacts" / "fiftyone"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,6 +28,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test-setup/fiftyone.sh)"),
 ]
 DATASET = "pam-app"
+VIDEO_DATASET = "pam-app-video"
 # Red rectangle and green disc of the fixture image, relative [x, y, w, h].
 BOXES = {"rectangle": [80 / 640, 120 / 480, 180 / 640, 210 / 480], "disc": [360 / 640, 60 / 480, 200 / 640, 180 / 480]}
 
@@ -40,6 +42,23 @@ def described(pam, tmp_path_factory):
     prompts = fo.Detections(detections=[fo.Detection(label=k, bounding_box=v) for k, v in BOXES.items()])
     dataset.add_sample(fo.Sample(filepath=str(image), ground_truth=prompts))
     apply_pam(dataset, prompt_field="ground_truth", tasks=("category", "detailed"), model=pam, max_new_tokens=12)
+    yield dataset
+    dataset.delete()
+
+
+@pytest.fixture(scope="module")
+def described_video(pam, tmp_path_factory):
+    """A persistent video dataset (a 4-frame mp4) with PAM's tracks and segment captions on one prompted square."""
+    from test_video import FRAMES, _write_mp4
+
+    clip = _write_mp4(tmp_path_factory.mktemp("app-video") / "clip.mp4", FRAMES[:4])
+    dataset = fo.Dataset(VIDEO_DATASET, overwrite=True, persistent=True)
+    sample = fo.Sample(filepath=str(clip))
+    sample.frames[1] = fo.Frame(gt=fo.Detections(detections=[fo.Detection(
+        label="square", bounding_box=[40 / 320, 60 / 240, 80 / 320, 75 / 240])]))
+    dataset.add_sample(sample)
+    dataset.compute_metadata()  # the App's video player needs the frame rate and count
+    apply_pam(dataset, prompt_field="gt", model=pam, max_new_tokens=8)
     yield dataset
     dataset.delete()
 
@@ -154,3 +173,33 @@ def test_app_shows_pam_masks_and_captions(app_url, page, described):
     shown = panel.inner_text()
     for detection in regions:
         assert f"Caption: {detection.caption}" in shown and detection.label in shown, shown
+
+
+@needs_ffmpeg
+def test_app_shows_pam_video_tracks(app_url, page, described_video):
+    """The video sample in the App's modal: its first frame with PAM's tracked mask and box drawn over it."""
+    page.goto(f"{app_url}/datasets/{VIDEO_DATASET}", wait_until="domcontentloaded")
+    page.locator("[data-cy=looker]").first.wait_for(timeout=90_000)
+    dismiss = page.get_by_text("Dismiss", exact=True)
+    if dismiss.count():
+        dismiss.first.click()
+    page.locator("[data-cy=sidebar-field-container-frames\\.pam]").first.wait_for()
+    page.locator("[data-cy=looker]").first.click()
+    container = page.locator("[data-cy=modal-looker-container]")
+    container.wait_for(timeout=60_000)
+    time.sleep(5)  # the video's first frame and its frame labels
+    sidebar_checkbox(page, "frames\\.gt").click(force=True)  # only PAM's labels on the frame
+    time.sleep(2)
+    box = container.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)  # no tooltip over the picture
+    time.sleep(1)
+    page.screenshot(path=str(ARTIFACTS / "app-video-modal.png"))
+    frame = {key: box[key] for key in ("x", "y", "width", "height")}
+    frame["height"] -= 80  # the picture, without the player's controls below it
+    with_pam = page.screenshot(clip=frame)
+    sidebar_checkbox(page, "frames\\.pam").click(force=True)
+    time.sleep(2)
+    without_pam = page.screenshot(clip=frame)
+    sidebar_checkbox(page, "frames\\.pam").click(force=True)
+    difference = mean_difference(with_pam, without_pam)
+    assert difference > 5, difference

@@ -1,7 +1,6 @@
 """The FiftyOne plugin against a real mongod: apply_pam, the operators (immediate and delegated), the zoo
 Model, caption search and the panel's texts, with the fixture checkpoint as the model."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -217,17 +216,8 @@ def test_apply_model_without_a_prompt_field_describes_everything(pam, images):
     assert dataset.first().pam.detections[0].label
 
 
-def test_zoo_model_loads_from_a_registered_source(images, tmp_path):
-    """The remote-zoo source as FiftyOne sees it after `register_zoo_model_source`: a folder under the zoo dir."""
-    zoo = Path(__file__).resolve().parents[2] / "fiftyone_plugin" / "zoo"
-    source = Path(fo.config.model_zoo_dir) / json.loads((zoo / "manifest.json").read_text())["name"]
-    shutil.copytree(zoo, source, dirs_exist_ok=True)
+def test_zoo_model_loads_from_a_registered_source(images, zoo_source):
     assert "pam-suite/pam-1.5b" in foz.list_zoo_models()
-    downloaded = source / "pam-1.5b"  # a downloaded folder: the checkpoint as on the Hub + SAM 2.1 weights
-    downloaded.mkdir(exist_ok=True)
-    (downloaded / "PAM-1.5B").symlink_to(CHECKPOINT, target_is_directory=True)
-    (downloaded / "sam2.1_hiera_large.pt").symlink_to(SAM2)
-    (downloaded / "sam2.1_hiera_large.yaml").symlink_to(SAM2.with_suffix(".yaml"))
     model = foz.load_zoo_model("pam-suite/pam-1.5b", tasks="category", max_new_tokens=TOKENS, device="cpu")
     dataset = boxes_dataset(images[:1], "pam-zoo")
     dataset.apply_model(model, label_field="pam", prompt_field="ground_truth")

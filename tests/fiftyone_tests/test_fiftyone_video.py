@@ -1,19 +1,23 @@
 """The FiftyOne plugin on video datasets against a real mongod: objects from frame-level prompts tracked into
 frame Detections (`index` = track id) and captioned per segment into TemporalDetections, compared with
-pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens)."""
+pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens); the zoo model
+as a FiftyOne video model through `apply_model`, which reads videos with ffmpeg."""
+
+from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
+import fiftyone.zoo as foz
 import numpy as np
 import pytest
 
-from fiftyone_plugin import apply_pam, caption_search_view
+from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
 from fiftyone_plugin.panel import region_texts_markdown
-from helpers import CHECKPOINT, SAM2, needs_fixture
+from helpers import CHECKPOINT, SAM2, needs_ffmpeg, needs_fixture
 from helpers import FIFTYONE_PLUGIN as PLUGIN
-from pam_core import GenerationSettings, Region
-from pam_core.errors import PromptError, TaskError, VideoError
+from pam_core import AutoMaskSettings, GenerationSettings, Region
+from pam_core.errors import PromptError, SettingsError, TaskError, VideoError
 from pam_core.video import VideoPrompt
 
 pytestmark = [pytest.mark.host, needs_fixture]
@@ -225,3 +229,91 @@ def test_search_and_panel_read_video_captions():
     assert [d.support for d in found.first().pam_captions.detections] == [[1, 8], [1, 16]]
     text = region_texts_markdown(dataset.first(), ["pam_captions"])
     assert "**pam_captions #2: dog**\n\n*track 0, frames 9-16*" in text and "lies down on the grass" in text
+
+
+# ------------------------------------------------------------------------- the zoo model as a video model
+
+def frame_tracks(sample, field="pam") -> dict:
+    """{(frame number, track id): detection} of a sample's frame field."""
+    return {(number, d.index): d for number, frame in sample.frames.items() if frame[field] is not None
+            for d in frame[field].detections}
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+def test_zoo_video_model_tracks_like_apply_pam_and_masks_can_live_on_disk(pam, clip, zoo_source, tmp_path):
+    """The zoo model with media_type="video" through FiftyOne's apply_model gives apply_pam's tracks, each
+    frame's detection carrying its segment's caption; apply_pam's reference run writes its masks to mask_dir."""
+    objects = {2: fo.Detections(detections=[fo.Detection(label="square", bounding_box=relative(SQUARE)),
+                                            fo.Detection(label="right", bounding_box=relative(RIGHT))])}
+    dataset = video_dataset("pam-video-zoo", [(clip, objects)])
+    summary = apply_pam(dataset, prompt_field="gt", segments=[(1, 2), (3, 4)], model=pam, max_new_tokens=4,
+                        mask_dir=tmp_path / "masks")
+    assert summary["failed"] == 0 and summary["regions"] == 2
+    reference = [(frame_tracks(sample), sample.pam_captions.detections) for sample in dataset.iter_samples()]
+    files = sorted((tmp_path / "masks").iterdir())
+    assert len(files) == sum(len(tracks) for tracks, _ in reference) > 0
+
+    model = foz.load_zoo_model("pam-suite/pam-1.5b", media_type="video", segments=[(1, 2), (3, 4)],
+                               max_new_tokens=4, device="cpu")
+    assert model.media_type == "video"
+    dataset.apply_model(model, label_field="zoo", prompt_field="gt", skip_failures=False)
+    for sample, (tracks, captions) in zip(dataset.iter_samples(), reference):
+        zoo = frame_tracks(sample, "zoo")
+        assert sorted(zoo) == sorted(tracks) and (1, 0) in zoo
+        assert sorted(c.support for c in captions) == [[2, 2], [2, 2], [3, 4], [3, 4]]
+        for key, detection in zoo.items():
+            on_disk = tracks[key]
+            assert on_disk.mask is None and Path(on_disk.mask_path).parent == tmp_path / "masks"
+            assert np.array_equal(detection.mask, on_disk.get_mask() > 0), key  # the PNG holds the same mask
+            assert detection.bounding_box == pytest.approx(on_disk.bounding_box)
+            assert detection.label == on_disk.label and detection.instance is not None
+            # the caption of the segment holding the frame; frame 1, tracked back from the prompt on frame 2,
+            # gets the caption that starts on frame 2
+            number, track = key
+            caption = min((c for c in captions if c.index == track and c.support[1] >= number),
+                          key=lambda c: c.support[0])
+            assert (detection.caption, detection.lang) == (caption.caption, "en")
+    assert dataset.get_frame_field_schema()["zoo"].document_type is fo.Detections
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+def test_video_model_without_a_prompt_field_tracks_the_objects_of_the_prompt_frame(pam, clip, tmp_path):
+    """Describe everything on a video: the objects PAM finds on the prompt frame are tracked; FiftyOne's
+    `output_dir` puts the masks on disk."""
+    auto = AutoMaskSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, max_regions=2)
+    dataset = video_dataset("pam-video-auto", [(clip, {})])
+    model = PAMRegionModel(model=pam, media_type="video", prompt_frame=2, auto=auto, max_new_tokens=4)
+    dataset.apply_model(model, label_field="pam", output_dir=str(tmp_path / "masks"), skip_failures=False)
+    from test_video import FRAMES as FIXTURE_FRAMES
+
+    found = pam.find_regions(FIXTURE_FRAMES[1], auto)
+    tracks = frame_tracks(dataset.first())
+    assert 1 <= len(found) == len({track for _, track in tracks}) <= 2
+    assert {number for number, _ in tracks} == set(range(1, FRAMES + 1))  # tracked back to frame 1
+    for (number, track), detection in tracks.items():
+        assert detection.label == "object" and detection.caption and detection.mask is None
+        assert Path(detection.mask_path).is_file()
+        if number == 2:  # on the prompt frame the track starts from the found box
+            x0, y0, x1, y1 = found[track].box
+            assert detection.bounding_box == pytest.approx(relative((x0, y0, x1, y1)), abs=2 / 240)
+
+
+def test_video_model_arguments_are_checked_before_loading(clip):
+    with pytest.raises(SettingsError, match="media_type must be one of image, video"):
+        PAMRegionModel(model="/nonexistent", media_type="audio")
+    with pytest.raises(SettingsError, match="window: only for media_type='video'"):
+        PAMRegionModel(model="/nonexistent", window=4)
+    with pytest.raises(TaskError, match="one task"):
+        PAMRegionModel(model="/nonexistent", media_type="video", tasks=("category", "brief"))
+    with pytest.raises(PromptError, match="start at 1"):
+        PAMRegionModel(model="/nonexistent", media_type="video", prompt_frame=0)
+
+
+@needs_ffmpeg
+def test_video_model_refuses_clips_views(pam, clip):
+    dataset = video_dataset("pam-video-clips", [(clip, {1: prompt(SQUARE, "square")})])
+    model = PAMRegionModel(model=pam, media_type="video", max_new_tokens=4)
+    with pytest.raises(VideoError, match="not to a clips view"):
+        dataset.to_clips([[(1, 2)]]).apply_model(model, label_field="pam", prompt_field="gt", skip_failures=False)
