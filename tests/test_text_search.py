@@ -186,13 +186,27 @@ def test_cache_is_reused_and_follows_the_outputs_and_the_model(embedder, tmp_pat
     (["{empty}", "dog", "--top", "0"], "at least 1, got 0"),
     (["{empty}", "dog", "--text", "caption"], "unknown text part(s) ['caption']"),
     (["{both}", "dog"], "holds both Parquet and JSONL files"),
+    (["{binary}", "dog"], "regions-0.jsonl, line 1: not valid UTF-8"),
+    (["{badindex}", "dog"], "results.json: region 0: the region index must be a whole number, got 'first'"),
 ])
 def test_pam_search_errors(pam_cli, tmp_path, args, fragment):
-    folders = {name: tmp_path / name for name in ("missing", "empty", "broken", "both")}
-    for name in ("empty", "broken", "both"):
+    folders = {name: tmp_path / name for name in ("missing", "empty", "broken", "both", "binary", "badindex")}
+    for name in ("empty", "broken", "both", "binary", "badindex"):
         folders[name].mkdir()
     (folders["broken"] / "regions-0.jsonl").write_text('{"region": 0, "image": "a.jpg"}\n{oops\n')
+    (folders["binary"] / "regions-0.jsonl").write_bytes(b'{"region": 0, "text_brief": "\xff"}\n')
+    (folders["badindex"] / "results.json").write_text('[{"index": "first", "texts": {"brief": "a dog"}}]')
     pq.write_table(pa.Table.from_pylist(dataset_rows()), folders["both"] / "a.parquet")
     (folders["both"] / "b.jsonl").write_text("")
     line = pam_cli.error("search", *[a.format(**folders) for a in args])
     assert fragment in line, line
+
+
+def test_parquet_written_through_pandas_with_float_region_indices(tmp_path):
+    """pandas turns an integer column with missing values into floats, NaN for a failed image's region."""
+    table = pa.table({"image": ["a.jpg", "a.jpg", "b.jpg"], "region": [0.0, 1.0, float("nan")],
+                      "text_brief": ["a dog", "a cat", None], "error": [None, None, "unreadable"]})
+    pq.write_table(table, tmp_path / "part.parquet")
+    (tmp_path / "_SUCCESS").touch()
+    assert [(r.image, r.index, r.text) for r in read_folder_regions(tmp_path)] == [("a.jpg", 0, "a dog"),
+                                                                                  ("a.jpg", 1, "a cat")]
