@@ -35,6 +35,7 @@ from pam_core.stream import StreamItem
 from pam_core.tasks import Tasks
 
 from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
+from .similarity import compute_pam_similarity
 from .video import (
     captions_field,
     check_prompt_frame,
@@ -426,7 +427,7 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
 
 def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[str] = None,
               tasks: Optional[Tasks] = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
-              overwrite: bool = False, **kwargs) -> dict:
+              overwrite: bool = False, embed: Union[bool, dict] = False, **kwargs) -> dict:
     """Describe every sample's regions with PAM into one `Detections` field.
 
     `prompt_field`: a Detections (boxes, or masks when present), Keypoints or Polylines field whose labels are
@@ -449,10 +450,18 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     task (default "caption", the video task); `window` (frames per caption) or `segments` ([(first, last)]
     frame numbers), `carry` ("box" or "memory", see pam_core). Frame numbers are FiftyOne's, from 1.
     "regions" in the summary counts tracked objects.
+
+    `embed`: True (or a dict of `compute_pam_similarity` options) then (re)builds the field's semantic search index
+    over the whole dataset; the summary's `brain_key` names it. Image datasets only.
     """
     steps = run_pam(sample_collection, label_field, prompt_field, tasks, lang, model, sam2, overwrite, **kwargs)
     while True:
         try:
             next(steps)
         except StopIteration as stop:
-            return stop.value
+            summary = stop.value
+            break
+    if embed:
+        options = embed if isinstance(embed, dict) else {}
+        summary["brain_key"] = compute_pam_similarity(dataset_of(sample_collection), label_field, **options).key
+    return summary

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pam_core import Region
 from pam_core.errors import PromptError, TaskError
-from pam_core.tasks import Task, Tasks, resolve_tasks
+from pam_core.tasks import TASK_NAMES, Task, Tasks, resolve_tasks
 from pam_core.video import VideoPrompt
 
 # Where each task's text goes on a Detection. `label` is PAM's category; the answer to a free instruction
@@ -21,6 +21,8 @@ TASK_ATTRIBUTES = {"category": "label", "definition": "definition", "brief": "br
                    "video_caption": "caption"}
 # Every attribute a run writes text to (what caption search looks in).
 TEXT_ATTRIBUTES = tuple(dict.fromkeys([*TASK_ATTRIBUTES.values(), "answer"]))
+# What `region_texts` reads of a label: the texts and the free instruction their `answer` replies to.
+REGION_TEXT_ATTRIBUTES = (*TEXT_ATTRIBUTES, "instruction")
 PROMPT_LABEL_TYPES = (fo.Detections, fo.Keypoints, fo.Polylines)
 
 
@@ -85,6 +87,17 @@ def text_attributes(texts: dict[str, str], fields: dict[str, str]) -> dict:
         if value:  # parsed fields (label, definition) win over the raw text of their task
             attributes[name] = value
     return attributes
+
+
+def region_texts(attributes: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """pam_core's (texts by task, parsed fields) of a region from its label's text attributes (`text_attributes`
+    the other way round), for `pam_core.text_search.region_text`. A free instruction's answer is keyed by the
+    instruction, as in RegionResult.texts."""
+    texts = {task: attributes.get(name) for task, name in TASK_ATTRIBUTES.items() if task in TASK_NAMES}
+    if attributes.get("answer"):
+        texts[attributes.get("instruction") or "answer"] = attributes["answer"]
+    return ({task: text for task, text in texts.items() if text},
+            {name: attributes.get(name) for name in ("label", "definition") if attributes.get(name)})
 
 
 def detection_from_result(result, model_name: str, prompt_label: Optional[str] = None,

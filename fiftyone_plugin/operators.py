@@ -1,4 +1,4 @@
-"""The plugin's operators: describe regions (immediate or delegated) and search captions."""
+"""The plugin's operators: describe regions (immediate or delegated), search captions, and semantic search."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pam_core.video import CARRY_MODES, parse_segments
 from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, RUNS_INFO_KEY, run_pam
 from .labels import PROMPT_LABEL_TYPES, text_fields
 from .search import MATCH_MODES, caption_search_view
+from .similarity import DEFAULT_K, compute_pam_similarity, default_brain_key, field_index, semantic_search_view
 from .video import captions_field
 
 AUTOMATIC = "__automatic__"
@@ -175,6 +176,51 @@ class SearchCaptions(foo.Operator):
         outputs = types.Object()
         outputs.int("samples", label="Samples")
         outputs.int("regions", label="Matching regions")
+        return types.Property(outputs)
+
+
+class SemanticSearch(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="semantic_search",
+            label="PAM: semantic search",
+            description="Show the regions whose texts are closest in meaning to your words, best first",
+            icon="/assets/icon.svg",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = _pam_fields(ctx.dataset) if ctx.dataset.media_type == "image" else []
+        if not fields:
+            inputs.view("none", types.Warning(label="No PAM image fields yet: run 'PAM: describe regions' first "
+                                                    "(semantic search indexes the regions of image datasets)"))
+            return types.Property(inputs)
+        inputs.enum("label_field", fields, default=fields[0], required=True, label="PAM field")
+        inputs.str("query", required=True, label="Search for", description="In your own words, e.g. vehicle")
+        inputs.int("k", default=DEFAULT_K, label="Regions to show",
+                   description="The best this many, most similar first")
+        field = ctx.params.get("label_field") or fields[0]
+        if field_index(ctx.dataset, field) is None:
+            inputs.view("build", types.Notice(label=f"The first search builds the text index of {field!r} "
+                                                    f"(brain key {default_brain_key(field)!r}, all-MiniLM-L6-v2)"))
+        return types.Property(inputs, view=types.View(label="PAM: semantic search"))
+
+    def execute(self, ctx):
+        field = ctx.params["label_field"]
+        brain_key, built = field_index(ctx.dataset, field), False
+        if brain_key is None:
+            brain_key, built = compute_pam_similarity(ctx.dataset, field).key, True
+        view = semantic_search_view(ctx.dataset, ctx.params["query"], field, int(ctx.params.get("k") or DEFAULT_K),
+                                    brain_key)
+        ctx.ops.set_view(view=view)
+        return {"regions": len(view), "brain_key": brain_key, "built": built, "region_ids": view.values("id")}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("regions", label="Regions shown")
+        outputs.str("brain_key", label="Text index (brain key)")
         return types.Property(outputs)
 
 

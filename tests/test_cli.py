@@ -38,7 +38,7 @@ def test_console_script_runs_main():
 
 
 @pytest.mark.parametrize("command", [["describe"], ["describe-video"], ["parity"], ["eval", "recognition"],
-                                     ["eval", "caption"], ["eval", "convert"]])
+                                     ["eval", "caption"], ["eval", "convert"], ["search"]])
 def test_help_of_every_command(pam_cli, command):
     with pytest.raises(SystemExit) as exit_:
         pam_cli(*command, "--help")

@@ -3,12 +3,14 @@
 datasets).
 
 A downloaded model folder holds the PAM checkpoint (`PAM-1.5B/` or `PAM-3B/`, as on the Hub) and SAM 2.1
-Hiera-L (`sam2.1_hiera_large.pt`).
+Hiera-L (`sam2.1_hiera_large.pt`). `pam-suite/region-text-embedder` is the text model of PAM's semantic search
+index: it downloads nothing (its sentence model comes from a package, a folder or the Hugging Face cache).
 """
 
 from pathlib import Path
 
 from fiftyone_plugin.model import PAMRegionModel
+from fiftyone_plugin.similarity import TEXT_MODEL, RegionTextModel
 from pam_core.checkpoint import DEFAULT_SAM2, PAM_MODELS, SAM2_HUB_FILES
 from pam_core.errors import WeightsNotFoundError
 
@@ -27,6 +29,9 @@ def _hub_repo(model_name: str) -> str:
 
 def download_model(model_name, model_path):
     """PAM and SAM 2.1 Hiera-L from the Hugging Face Hub into `model_path` (fails clearly when offline)."""
+    if model_name == TEXT_MODEL:  # nothing to fetch: the zoo only needs its folder to exist
+        Path(model_path).mkdir(parents=True, exist_ok=True)
+        return
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -44,7 +49,10 @@ def download_model(model_name, model_path):
 
 def load_model(model_name, model_path, **kwargs):
     """A `PAMRegionModel` on the downloaded weights; kwargs: tasks, lang, max_regions, max_new_tokens, device, dtype,
-    and media_type="video" with prompt_frame, window, segments, carry for video datasets."""
+    and media_type="video" with prompt_frame, window, segments, carry for video datasets.
+    The text model: a `RegionTextModel`; kwargs: model, text, device."""
+    if model_name == TEXT_MODEL:
+        return RegionTextModel(**kwargs)
     folder = Path(model_path)
     kwargs.setdefault("model", folder / _hub_repo(model_name).split("/")[1])
     kwargs.setdefault("sam2", folder / SAM2_FILE)

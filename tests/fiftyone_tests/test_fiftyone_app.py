@@ -67,7 +67,8 @@ def described_video(pam, tmp_path_factory):
 def app_url(described):
     """`fiftyone app launch` on a free 127.0.0.1 port, stopped (with its server process group) afterwards."""
     port = free_port()
-    command = [str(Path(sys.executable).parent / "fiftyone"), "app", "launch", DATASET, "--remote",
+    # no dataset on the command line: each test opens its own by URL, and the session does not switch it back
+    command = [str(Path(sys.executable).parent / "fiftyone"), "app", "launch", "--remote",
                "--address", "127.0.0.1", "--port", str(port), "--wait", "-1"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "app-server.log", "wb")
@@ -203,3 +204,84 @@ def test_app_shows_pam_video_tracks(app_url, page, described_video):
     sidebar_checkbox(page, "frames\\.pam").click(force=True)
     difference = mean_difference(with_pam, without_pam)
     assert difference > 5, difference
+
+
+SEARCH_DATASET = "pam-search-app"
+# What PAM might say about the regions of a kitchen, a park and a street; drawn as coloured boxes with their category.
+# The truck comes fifth in the dataset's order, so the search visibly moves it to the front.
+SEARCH_REGIONS = [
+    [("pizza", "a slice of pepperoni pizza on a white plate", (230, 170, 60)),
+     ("umbrella", "a green umbrella leaning against the wall", (40, 160, 60))],
+    [("person", "a woman jogging along the river path", (60, 90, 200)),
+     ("bus", "a yellow school bus waiting at the stop", (240, 210, 40))],
+    [("pickup truck", "a red pickup truck parked by the curb", (200, 40, 40)),
+     ("cat", "a tabby cat asleep on the doorstep", (150, 110, 60))],
+]
+
+
+@pytest.fixture(scope="module")
+def searchable(tmp_path_factory):
+    """A persistent dataset whose PAM field holds handcrafted region texts, with its semantic search index."""
+    from PIL import ImageDraw
+
+    from fiftyone_plugin import compute_pam_similarity
+
+    folder = tmp_path_factory.mktemp("search-app")
+    dataset = fo.Dataset(SEARCH_DATASET, overwrite=True, persistent=True)
+    for number, regions in enumerate(SEARCH_REGIONS):
+        image = Image.new("RGB", (320, 240), (235, 235, 235))
+        draw = ImageDraw.Draw(image)
+        detections = []
+        for i, (label, caption, color) in enumerate(regions):
+            x0, y0, x1, y1 = 20 + 150 * i, 50, 150 + 150 * i, 200
+            draw.rectangle((x0, y0, x1, y1), fill=color)
+            draw.text((x0 + 8, y0 + 8), label, fill=(255, 255, 255))
+            detections.append(fo.Detection(label=label, caption=caption,
+                                           bounding_box=[x0 / 320, y0 / 240, (x1 - x0) / 320, (y1 - y0) / 240]))
+        image.save(folder / f"scene_{number}.png")
+        dataset.add_sample(fo.Sample(filepath=str(folder / f"scene_{number}.png"),
+                                     pam=fo.Detections(detections=detections)))
+    dataset.info["pam_runs"] = {"pam": {"prompt_field": None, "tasks": ["category", "detailed"], "lang": "en",
+                                        "model": "handcrafted"}}
+    dataset.save()
+    dataset.add_dynamic_sample_fields()
+    compute_pam_similarity(dataset, "pam")
+    yield dataset
+    dataset.delete()
+
+
+def test_text_query_on_the_patches_view_finds_regions_by_meaning(app_url, page, searchable):
+    """The App's own text search (the sort-by-similarity button) on the patches view of the PAM field: the App server
+    loads the index's text model by its zoo name and the region captioned 'a red pickup truck' comes first."""
+    page.goto(f"{app_url}/datasets/{SEARCH_DATASET}", wait_until="domcontentloaded")
+    page.locator("[data-cy=looker]").first.wait_for(timeout=90_000)
+    dismiss = page.get_by_text("Dismiss", exact=True)
+    if dismiss.count():
+        dismiss.first.click()
+    page.locator("[data-cy=action-clips-patches]").click()
+    page.get_by_text("pam", exact=True).last.click()
+    page.get_by_text("6 patches").wait_for(timeout=30_000)
+    page.locator("[data-cy=action-sort-by-similarity]").click()
+    query = page.get_by_placeholder("Type anything!")
+    query.fill("vehicle")
+    query.press("Enter")
+    # FiftyOne 1.22 runs the query in its Similarity Search panel (the server embeds it with the index's model);
+    # opening the finished search shows its regions, best first.
+    page.get_by_text("Completed").first.wait_for(timeout=90_000)
+    # force: the search card is a drag-and-drop item marked aria-disabled, which playwright reads as a disabled button
+    page.locator("[aria-label='Show results']").first.click(force=True)
+    page.get_by_text("Showing 6 results").first.wait_for(timeout=60_000)
+    page.mouse.move(600, 700)  # no tooltip in the picture
+    time.sleep(4)  # the tiles re-render in the new order
+    page.screenshot(path=str(ARTIFACTS / "app-semantic-search.png"))  # docs/images/ has a copy
+
+    page.locator("[data-cy=looker]").first.click()  # the best match, in its modal
+    container = page.locator("[data-cy=modal-looker-container]")
+    container.wait_for(timeout=60_000)
+    time.sleep(3)
+    box = container.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2 - 5, box["y"] + box["height"] / 2 - 5)
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tooltip = page.locator("[data-cy^=sample-canvas-tooltip]").first
+    tooltip.wait_for()
+    assert "a red pickup truck parked by the curb" in tooltip.inner_text()

@@ -244,7 +244,8 @@ def operator_params(**extra):
 
 def test_plugin_registers_its_operators_and_panel():
     uris = {op.uri for op in foo.list_operators()}
-    assert {f"{PLUGIN}/{name}" for name in ("describe_regions", "search_captions", "region_texts")} <= uris
+    names = ("describe_regions", "search_captions", "semantic_search", "region_texts")
+    assert {f"{PLUGIN}/{name}" for name in names} <= uris
 
 
 def test_plugin_installs_with_fiftyone_plugins_download(tmp_path, monkeypatch):
@@ -270,7 +271,7 @@ def test_plugin_installs_with_fiftyone_plugins_download(tmp_path, monkeypatch):
         server.server_close()
     plugin = fop.get_plugin(PLUGIN)
     assert Path(plugin.directory) == tmp_path / "plugins" / "@pam-suite" / "pam"
-    assert set(plugin.operators) == {"describe_regions", "search_captions", "region_texts"}
+    assert set(plugin.operators) == {"describe_regions", "search_captions", "semantic_search", "region_texts"}
     assert {f"{PLUGIN}/describe_regions", f"{PLUGIN}/search_captions"} <= {op.uri for op in foo.list_operators()}
 
 
