@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..errors import PAMError
-from . import describe, describe_video, eval, parity
+from . import describe, describe_dataset, describe_video, eval, parity
 
-COMMANDS = (describe, describe_video, parity, eval)  # each adds its parser, whose `run` default runs it
+# each adds its parser, whose `run` default runs it
+COMMANDS = (describe, describe_dataset, describe_video, parity, eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
