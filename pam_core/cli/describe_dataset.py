@@ -111,7 +111,7 @@ def _describe(pam: PAM, source: DatasetSource, output: DatasetOutput, todo: int,
                 done["failed"] += not result.ok
                 bar.update(1)
         except KeyboardInterrupt:
-            common.log(f"interrupted: the {done['images']} image(s) described so far are kept in {args.out}; the "
+            common.log(f"interrupted: the {output.added} image(s) described so far are kept in {args.out}; the "
                        "same command again describes the rest")
             raise
         finally:

@@ -107,6 +107,7 @@ class DatasetOutput:
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
         self.finished: set[str] = set()  # ids with rows in a part or in this run's journal
         self.recovered = 0  # images recovered from killed runs' journals
+        self.added = 0  # images this run has written
         self._seq = 0
         self._journal = None
         self._journal_images = 0
@@ -116,6 +117,8 @@ class DatasetOutput:
     # ------------------------------------------------------------------------------------------ open / close
 
     def __enter__(self) -> "DatasetOutput":
+        if self.format == "parquet":
+            import pyarrow.parquet  # noqa: F401  (now, not during the first conversion, which Ctrl-C may hit)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
@@ -172,18 +175,22 @@ class DatasetOutput:
             os.fsync(self._journal.fileno())
             self._synced = time.monotonic()
         self.finished.add(image_id)
+        self.added += 1
         self._journal_images += 1
         if self._journal_images >= self.part_images:
             self._end_journal()
 
     def _end_journal(self) -> None:
+        """The journal becomes a part. Interrupted (Ctrl-C during the conversion), it is still the current one,
+        so `close` converts it; a kill leaves it to the next run's recovery."""
         if self._journal is None:
             return
-        journal, self._journal = self._journal, None
-        journal.flush()
-        os.fsync(journal.fileno())
-        journal.close()
-        self._convert(Path(journal.name))
+        if not self._journal.closed:
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+            self._journal.close()
+        self._convert(Path(self._journal.name))
+        self._journal = None
         self._seq += 1
         self._journal_images = 0
 
@@ -197,7 +204,7 @@ class DatasetOutput:
             if rows:
                 write_atomic(part, lambda tmp: self._write_part(Path(tmp), rows))
                 _fsync_dir(self.folder)
-        journal.unlink()
+        journal.unlink(missing_ok=True)  # missing: removed by a conversion that was interrupted just after
         return images
 
     def _write_part(self, path: Path, rows: list[dict]) -> None:
