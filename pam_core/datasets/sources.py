@@ -45,32 +45,34 @@ class SourceRow:
 
 
 class DatasetSource:
-    """The rows of a folder, glob or manifest. `where` names a row in messages ("m.jsonl line 3")."""
+    """The rows of a folder, glob or manifest, each with a number that `where` turns into "m.jsonl line 3"."""
 
     def __init__(self, kind: str, path: str, needs_regions: bool):
         self.kind, self.path = kind, path
         self.needs_regions = needs_regions  # rows without regions are an error (no automatic mode chosen)
 
     def rows(self) -> Iterator[SourceRow]:
-        raise NotImplementedError
+        return (row for row, _ in self._numbered_rows())
 
     def check(self) -> list[str]:
         """Every row read and checked: the ids in source order. Raises a DatasetError naming the first bad row,
         or both rows of a repeated id."""
-        first_seen: dict[str, str] = {}
-        ids = []
-        for row, where in self._located_rows():
+        first_seen: dict[str, int] = {}  # id -> row number; numbers, not messages: a source may be huge
+        for row, number in self._numbered_rows():
             if row.id in first_seen:
-                raise DatasetError(f"{where}: id {row.id!r} is already used by {first_seen[row.id]}; ids must be "
-                                   "unique (give each row its own 'id')")
-            first_seen[row.id] = where
-            ids.append(row.id)
-        if not ids:
+                raise DatasetError(f"{self.where(number)}: id {row.id!r} is already used by "
+                                   f"{self.where(first_seen[row.id])}; ids must be unique (give each row its own "
+                                   "'id')")
+            first_seen[row.id] = number
+        if not first_seen:
             what = {"folder": f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})", "glob": "no file"}
             raise DatasetError(f"{self.kind} {self.path} holds {what.get(self.kind, 'no rows')}")
-        return ids
+        return list(first_seen)
 
-    def _located_rows(self) -> Iterator[tuple[SourceRow, str]]:
+    def where(self, number: int) -> str:
+        raise NotImplementedError
+
+    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
         raise NotImplementedError
 
 
@@ -94,12 +96,12 @@ class _FileList(DatasetSource):
             return ((rel, str(root / rel)) for rel in found)
         return ((path, path) for path in sorted(glob.glob(self.path, recursive=True)) if Path(path).is_file())
 
-    def rows(self) -> Iterator[SourceRow]:
-        for image_id, image in self._files():
-            yield SourceRow(image_id, image, None, None)
+    def where(self, number: int) -> str:
+        return f"file {number} of {self.kind} {self.path}"
 
-    def _located_rows(self) -> Iterator[tuple[SourceRow, str]]:
-        return ((row, row.image) for row in self.rows())
+    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
+        for number, (image_id, image) in enumerate(self._files(), 1):
+            yield SourceRow(image_id, image, None, None), number
 
 
 class _Manifest(DatasetSource):
@@ -112,17 +114,16 @@ class _Manifest(DatasetSource):
         self.format = MANIFEST_FORMATS[Path(path).suffix.lower()]
         self.folder = Path(path).parent
 
-    def rows(self) -> Iterator[SourceRow]:
-        return (row for row, _ in self._located_rows())
+    def where(self, number: int) -> str:
+        return f"{self.path} {'row' if self.format == 'parquet' else 'line'} {number}"
 
-    def _located_rows(self) -> Iterator[tuple[SourceRow, str]]:
+    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
         for number, record in self._records():
-            where = f"{self.path} {'row' if self.format == 'parquet' else 'line'} {number}"
             try:
                 row = self._row(record)
             except PAMError as exc:
-                raise DatasetError(f"{where}: {exc}") from None
-            yield row, where
+                raise DatasetError(f"{self.where(number)}: {exc}") from None
+            yield row, number
 
     def _records(self) -> Iterator[tuple[int, Any]]:
         """(line or row number, the row as a dict or whatever the line held)."""
@@ -131,7 +132,7 @@ class _Manifest(DatasetSource):
                 with open(self.path, encoding="utf-8") as lines:
                     for number, line in enumerate(lines, 1):
                         if line.strip():
-                            yield number, _json(line, f"{self.path} line {number}")
+                            yield number, _json(line, self.where(number))
             elif self.format == "csv":
                 with open(self.path, encoding="utf-8", newline="") as text:
                     reader = csv.DictReader(text)
