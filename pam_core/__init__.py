@@ -5,6 +5,7 @@ from .automask import AutoMaskSettings
 from .engine import PAM, FeatureCache
 from .errors import (
     CheckpointError,
+    DatasetError,
     DeviceError,
     ImageError,
     PAMError,
@@ -25,7 +26,7 @@ __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
     "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
-    "WeightsNotFoundError",
+    "WeightsNotFoundError", "DatasetError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
     "StreamItem", "StreamProgress", "StreamResult",
 ]

@@ -203,6 +203,8 @@ def test_folder_everything_in_jsonl(pam, pam_cli, tmp_path):
     assert (tmp_path / "out" / "_SUCCESS").exists() and not list((tmp_path / "out").glob("*.parquet"))
     rows = _by_id(_rows(tmp_path / "out", "jsonl"))
     assert sorted(rows) == ["deeper/y.JPG", "x.png"]  # recursive, image extensions, hidden names skipped
+    as_arrow = ds.dataset(tmp_path / "out", format="json", schema=output_schema(TASKS)).to_table().to_pylist()
+    assert _by_id(as_arrow) == rows  # what docs/cli.md shows
     for image_id in rows:
         results = pam.describe_everything(folder / image_id, task=TASKS, generation=FAST,
                                           auto=AutoMaskSettings(**OPEN))
