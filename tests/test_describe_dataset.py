@@ -168,7 +168,6 @@ def test_same_command_again_describes_nothing(manifest_run, pam_cli):
 
 # ---------------------------------------------------------------------------------- other sources, JSONL
 
-@pytest.mark.slow
 @needs_fixture
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_csv_and_parquet_manifests_give_the_jsonl_manifests_rows(manifest_run, pam_cli, kind, tmp_path):

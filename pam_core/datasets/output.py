@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Optional
 
 from ..errors import DatasetError
 from ..io import write_atomic
@@ -33,7 +35,7 @@ from .sources import SourceRow
 
 FORMATS = ("parquet", "jsonl")
 PART_IMAGES = 256  # images per part file
-FSYNC_SECONDS = 2.0  # the longest a finished image waits in the page cache before the journal is fsync'd
+FSYNC_SECONDS = 2.0  # how often the journal is fsync'd (by a background thread) while it has unsynced lines
 FIELD_COLUMNS = ("label", "definition")  # RegionResult.fields that tasks parse
 JOURNAL_DIR = "_journal"
 SETTINGS_FILE = "_dataset.json"
@@ -111,7 +113,10 @@ class DatasetOutput:
         self._seq = 0
         self._journal = None
         self._journal_images = 0
-        self._synced = 0.0
+        self._unsynced = False
+        self._journal_io = threading.Lock()  # the journal between `add` and the fsync thread
+        self._stop_syncing = threading.Event()
+        self._syncer: Optional[threading.Thread] = None
         self._lock = None
 
     # ------------------------------------------------------------------------------------------ open / close
@@ -133,6 +138,8 @@ class DatasetOutput:
         except BaseException:
             self._release_lock()
             raise
+        self._syncer = threading.Thread(target=self._sync_journal, name="pam-journal-fsync", daemon=True)
+        self._syncer.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -140,6 +147,7 @@ class DatasetOutput:
 
     def close(self) -> None:
         """The current journal becomes a part; the lock is released. Safe to call twice."""
+        self._stop_syncing.set()
         try:
             self._end_journal()
             journals = self.folder / JOURNAL_DIR
@@ -161,19 +169,19 @@ class DatasetOutput:
     # ------------------------------------------------------------------------------------------------ write
 
     def add(self, image_id: str, rows: list[dict]) -> None:
-        """One finished image's rows, in the journal before this returns (flushed; fsync'd every few seconds)."""
+        """One finished image's rows, in the journal before this returns (flushed; fsync'd within
+        FSYNC_SECONDS)."""
         if image_id in self.finished:
             raise DatasetError(f"image {image_id!r} already has rows in {self.folder}")
-        if self._journal is None:
-            path = self.folder / JOURNAL_DIR / f"{self.run_id}-{self._seq:05d}.jsonl"
-            path.parent.mkdir(exist_ok=True)
-            self._journal = open(path, "x", encoding="utf-8")
-            self._synced = time.monotonic()
-        self._journal.write(json.dumps({"id": image_id, "rows": rows}, ensure_ascii=False) + "\n")
-        self._journal.flush()
-        if time.monotonic() - self._synced >= FSYNC_SECONDS:
-            os.fsync(self._journal.fileno())
-            self._synced = time.monotonic()
+        line = json.dumps({"id": image_id, "rows": rows}, ensure_ascii=False) + "\n"
+        with self._journal_io:
+            if self._journal is None:
+                path = self.folder / JOURNAL_DIR / f"{self.run_id}-{self._seq:05d}.jsonl"
+                path.parent.mkdir(exist_ok=True)
+                self._journal = open(path, "x", encoding="utf-8")
+            self._journal.write(line)
+            self._journal.flush()
+            self._unsynced = True
         self.finished.add(image_id)
         self.added += 1
         self._journal_images += 1
@@ -185,14 +193,27 @@ class DatasetOutput:
         so `close` converts it; a kill leaves it to the next run's recovery."""
         if self._journal is None:
             return
-        if not self._journal.closed:
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-            self._journal.close()
+        with self._journal_io:
+            if not self._journal.closed:
+                self._journal.flush()
+                os.fsync(self._journal.fileno())
+                self._journal.close()
+                self._unsynced = False
         self._convert(Path(self._journal.name))
         self._journal = None
         self._seq += 1
         self._journal_images = 0
+
+    def _sync_journal(self) -> None:
+        """The fsync thread: what `add` flushed reaches the disk within FSYNC_SECONDS, however slow images are."""
+        while not self._stop_syncing.wait(FSYNC_SECONDS):
+            with self._journal_io:
+                if self._unsynced and self._journal is not None and not self._journal.closed:
+                    try:
+                        os.fsync(self._journal.fileno())
+                    except OSError:  # reported where it matters: the fsync when the journal ends
+                        pass
+                    self._unsynced = False
 
     def _convert(self, journal: Path) -> int:
         """Journal -> the part of the same name (unless it exists: then the journal was converted already), then
