@@ -3,12 +3,13 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .describe import PAMDescribeEverything, PAMDescribeMasks, PAMSegmentDescribe
+from .find import PAMFindDescribe
 from .loader import PAMModelLoader, register_model_folders
 from .output import PAMOverlay, PAMRegionsToText
 from .video import PAMVideo
 
-NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMDescribeEverything, PAMVideo, PAMRegionsToText,
-         PAMOverlay]
+NODES = [PAMModelLoader, PAMSegmentDescribe, PAMDescribeMasks, PAMDescribeEverything, PAMFindDescribe, PAMVideo,
+         PAMRegionsToText, PAMOverlay]
 
 
 class PAMExtension(ComfyExtension):

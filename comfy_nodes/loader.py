@@ -18,21 +18,22 @@ from pam_core.model import DTYPES
 
 from .types import PAMHandle, PAMModelType
 
-PAM_FOLDER, SAM2_FOLDER = "pam", "sam2"
+PAM_FOLDER, SAM2_FOLDER, SAM3_FOLDER = "pam", "sam2", "sam3"
 SAM2_SUFFIXES = (".pt", ".safetensors")
 
 
 def register_model_folders() -> None:
-    """models/pam and models/sam2 as ComfyUI model folders; entries from extra_model_paths.yaml stay first."""
-    for name in (PAM_FOLDER, SAM2_FOLDER):
+    """models/pam, models/sam2 and models/sam3 as ComfyUI model folders; entries from extra_model_paths.yaml stay
+    first."""
+    for name in (PAM_FOLDER, SAM2_FOLDER, SAM3_FOLDER):
         folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
 
 
-def local_checkpoints() -> dict[str, Path]:
-    """PAM checkpoint folders (a config.json beside tokenizer.json) under every models/pam folder, by
-    relative name, e.g. "PAM-1.5B/PAM-1.5B" for `hf download ... --local-dir models/pam/PAM-1.5B`."""
+def local_checkpoints(kind: str = PAM_FOLDER) -> dict[str, Path]:
+    """Checkpoint folders (a config.json beside tokenizer.json) under every models/pam (or models/sam3) folder,
+    by relative name, e.g. "PAM-1.5B/PAM-1.5B" for `hf download ... --local-dir models/pam/PAM-1.5B`."""
     found: dict[str, Path] = {}
-    for base in map(Path, folder_paths.get_folder_paths(PAM_FOLDER)):
+    for base in map(Path, folder_paths.get_folder_paths(kind)):
         for folder, subfolders, files in os.walk(base, followlinks=True):  # users often symlink model folders
             relative = Path(folder).relative_to(base)
             subfolders[:] = sorted(s for s in subfolders if not s.startswith(".")) if len(relative.parts) < 4 else []

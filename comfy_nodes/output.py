@@ -38,9 +38,8 @@ class PAMRegionsToText(io.ComfyNode):
 def _label(kind: str, index: int, result) -> str:
     if kind == "index":
         return str(index + 1)
-    if kind == "label":
-        return result.fields.get("label", result.text)
-    return " ".join(result.text.split())
+    text = result.fields.get("label", result.text) if kind == "label" else " ".join(result.text.split())
+    return f"{result.concept}: {text}" if result.concept is not None else text
 
 
 class PAMOverlay(io.ComfyNode):

@@ -97,6 +97,12 @@ def parse_editor(text: str) -> Prompts:
                    boxes=parse_boxes(data.get("boxes") or []))
 
 
+def parse_concepts(text: str) -> list[str]:
+    """The concepts text box: one noun phrase per line or comma-separated ("person, red car"); blanks skipped
+    (pam_core checks what is left)."""
+    return [part.strip() for line in (text or "").splitlines() for part in line.split(",") if part.strip()]
+
+
 def mask_regions(masks: torch.Tensor, height: int, width: int) -> list[Region]:
     """A MASK batch ([B, H, W] or [H, W], 0..1) as one mask Region each, at the image's size (nearest resize
     when the mask comes at another resolution); pam_core reads and checks the masks."""

@@ -59,10 +59,11 @@ class PAMRegions:
 
     def lines(self) -> list[str]:
         """One line per region (line breaks inside a text become spaces); with several tasks per region
-        "task: text | task: text"."""
+        "task: text | task: text"; a region found for a concept starts with "concept: "."""
         def line(result: RegionResult) -> str:
             texts = {task: " ".join(text.split()) for task, text in result.texts.items()}
-            return next(iter(texts.values())) if len(texts) == 1 else " | ".join(f"{t}: {x}" for t, x in texts.items())
+            text = next(iter(texts.values())) if len(texts) == 1 else " | ".join(f"{t}: {x}" for t, x in texts.items())
+            return f"{result.concept}: {text}" if result.concept is not None else text
         return [line(r) for _, r in self.flat()]
 
     def to_json(self) -> list[dict]:

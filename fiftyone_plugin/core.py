@@ -1,24 +1,37 @@
 """`apply_pam`: PAM region labels and captions on a FiftyOne sample collection, resumable and fault-tolerant.
 
 `run_pam` is a generator that yields after every sample so the operator can report progress; `apply_pam`
-drains it for scripts. Image runs (`_run_images`) and video runs (`_run_videos`) differ in what they ask PAM
-and where the answer goes; both hand `_describe_samples` a `RunContext` and their describe step. All model work
-is pam_core's.
+drains it for scripts. Image runs (`_run_images`) send the images through pam_core's streaming engine
+(`PAM.describe_stream`: images read ahead, encoded in batches, the regions of many images decoded together);
+video runs (`_run_videos`) describe one video at a time. Both hand `_describe_samples` a `RunContext` and a
+generator of described samples, and it saves them in bulk. All model work is pam_core's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import fiftyone as fo
 
 from pam_core import PAM, AutoMaskSettings, GenerationSettings, ModelSource, load_pam
+from pam_core.analysis import RegionResult
 from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.concepts import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    Sam3Like,
+    check_find_settings,
+    checked_concepts,
+    concept_finder,
+)
 from pam_core.errors import PAMError, PromptError
 from pam_core.io import load_image
+from pam_core.stream import StreamItem
 from pam_core.tasks import Tasks
 
 from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
@@ -31,11 +44,13 @@ from .video import (
     write_video_labels,
 )
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_TASKS = ("category", "detailed")
 DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions
 RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the settings of the run that wrote it
-BATCH_SIZE = 16  # samples read, then described, then saved together
-IMAGE_OPTIONS = ("max_regions", "auto")
+BATCH_SIZE = 16  # samples read from the database together, and saved together in one bulk write
+IMAGE_OPTIONS = ("max_regions", "auto", "concepts", "find_threshold", "max_instances", "sam3")
 VIDEO_OPTIONS = ("prompts", "prompt_frame", "window", "segments", "carry")
 
 
@@ -65,6 +80,10 @@ class ModelRef:
         return cls(ModelSource(model=model, sam2=sam2, device=device, dtype=dtype, local_files_only=local_files_only))
 
     @property
+    def local_files_only(self) -> Optional[bool]:
+        return self.source.local_files_only if isinstance(self.source, ModelSource) else None
+
+    @property
     def name(self) -> str:
         """What labels record as `pam_model`: the Hub id or the checkpoint folder's name, never a local path
         (datasets are shared); "PAM" for a model loaded elsewhere."""
@@ -82,18 +101,32 @@ class ImageRequest:
     lang: str
     generation: GenerationSettings
     auto: AutoMaskSettings  # for automatic regions (no prompt field)
+    concepts: Sequence[str] = ()  # text concepts: SAM 3 finds the regions (pam_core's PAM.find)
+    find_threshold: float = DEFAULT_THRESHOLD
+    max_instances: Optional[int] = DEFAULT_MAX_INSTANCES
+    sam3: Sam3Like = None  # a folder, Hub id or ConceptFinder (None: facebook/sam3)
+    local_files_only: Optional[bool] = None  # for SAM 3 as for PAM: never download when True
 
     @classmethod
-    def of(cls, tasks: Tasks, lang: str, generation: GenerationSettings, auto: AutoMaskSettings) -> "ImageRequest":
-        return cls(tuple(task.key for task in label_tasks(tasks, lang)), lang, generation, auto)
+    def of(cls, tasks: Tasks, lang: str, generation: GenerationSettings, auto: AutoMaskSettings,
+           **find) -> "ImageRequest":
+        return cls(tuple(task.key for task in label_tasks(tasks, lang)), lang, generation, auto, **find)
 
 
 def describe_sample(pam: PAM, image, prompt_label, request: ImageRequest, model_name: str,
                     mask_dir: Optional[Path] = None, sample_id: str = "") -> fo.Detections:
-    """One image's PAM labels: the prompt label's regions, or automatic regions when `prompt_label` is False."""
+    """One image's PAM labels: the instances of the request's concepts, the prompt label's regions, or automatic
+    regions when `prompt_label` is False. The per-image path of `PAMRegionModel`; runs over datasets stream their
+    images instead (`_stream_images`)."""
     image = load_image(image)
     width, height = image.size
-    if prompt_label is False:
+    if request.concepts:
+        results = pam.find(image, request.concepts, task=list(request.tasks), lang=request.lang,
+                           threshold=request.find_threshold, max_instances=request.max_instances,
+                           generation=request.generation,
+                           sam3=concept_finder(request.sam3, local_files_only=request.local_files_only))
+        prompt_names = [None] * len(results)
+    elif prompt_label is False:
         results = pam.describe_everything(image, task=list(request.tasks), lang=request.lang,
                                           generation=request.generation, auto=request.auto)
         prompt_names = [None] * len(results)
@@ -101,6 +134,12 @@ def describe_sample(pam: PAM, image, prompt_label, request: ImageRequest, model_
         regions, prompt_names = regions_from_label(prompt_label, width, height)
         results = pam.describe(image, regions, task=list(request.tasks), lang=request.lang,
                                generation=request.generation) if regions else []
+    return detections_from_results(results, prompt_names, model_name, mask_dir, sample_id)
+
+
+def detections_from_results(results: Sequence[RegionResult], prompt_names: Sequence[Optional[str]], model_name: str,
+                            mask_dir: Optional[Path] = None, sample_id: str = "") -> fo.Detections:
+    """An image's RegionResults as one Detections label (regions with an empty mask are left out)."""
     detections = []
     for result, prompt_name in zip(results, prompt_names):
         mask_file = mask_dir / f"{sample_id}_{result.index:03d}.png" if mask_dir is not None else None
@@ -108,6 +147,32 @@ def describe_sample(pam: PAM, image, prompt_label, request: ImageRequest, model_
         if detection is not None:
             detections.append(detection)
     return fo.Detections(detections=detections)
+
+
+@dataclass
+class LabelRegions:
+    """A prompt label's regions as a function of the image's size, which the streaming engine calls in its reader
+    thread once it has read the image (FiftyOne's coordinates are relative to the image's size). `names` then
+    holds each region's prompt label."""
+
+    label: object  # Detections, Keypoints, Polylines or None
+    names: list[Optional[str]] = field(default_factory=list)
+
+    def __call__(self, width: int, height: int) -> list:
+        regions, self.names = regions_from_label(self.label, width, height)
+        return regions
+
+
+def fill_metadata(sample) -> None:
+    """The sample's `metadata` as FiftyOne's `compute_metadata` stores it (`ImageMetadata.build_for`: size in bytes,
+    MIME type, width, height, channels, read from the file's header), where it has none; existing metadata stays.
+    The file was just read, so its header is in the page cache."""
+    if sample.metadata is not None:
+        return
+    try:
+        sample.metadata = fo.ImageMetadata.build_for(sample.filepath)
+    except Exception as exc:  # as compute_metadata(skip_failures=True): left empty; a file PAM could not read
+        logger.debug("no metadata for %s: %s", sample.filepath, exc)  # has its reason in the error field already
 
 
 @dataclass(frozen=True)
@@ -188,11 +253,21 @@ def _media_options(dataset: fo.Dataset, options: dict, video: bool) -> dict:
 
 
 def _run_images(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
-                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None):
-    """Each image's regions (of `prompt_field`, or automatic) with the tasks' texts into one Detections field."""
+                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None,
+                concepts: Optional[list[str]] = None, find_threshold: float = DEFAULT_THRESHOLD,
+                max_instances: Optional[int] = DEFAULT_MAX_INSTANCES, sam3: Sam3Like = None):
+    """Each image's regions (of `prompt_field`, SAM 3's instances of `concepts`, or automatic) with the tasks'
+    texts into one Detections field."""
+    find = {}
+    if concepts:
+        if prompt_field is not None:
+            raise PromptError("concepts find the regions themselves; drop prompt_field")
+        check_find_settings(find_threshold, max_instances)
+        find = dict(concepts=checked_concepts(concepts), find_threshold=find_threshold, max_instances=max_instances)
     request = ImageRequest.of(DEFAULT_TASKS if tasks is None else tasks, lang, run.generation,
-                              auto or AutoMaskSettings(max_regions=max_regions))
-    record = run.record(prompt_field, list(request.tasks), lang)
+                              auto or AutoMaskSettings(max_regions=max_regions), **find, sam3=sam3,
+                              local_files_only=run.model.local_files_only)
+    record = run.record(prompt_field, list(request.tasks), lang, **find)
     run.check_target(record, exists=run.label_field in run.dataset.get_field_schema())
     if prompt_field is not None:
         check_prompt_field(run.dataset, prompt_field, "prompt field")
@@ -201,16 +276,39 @@ def _run_images(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
         if run.label_field not in run.dataset.get_field_schema():
             run.dataset.add_sample_field(run.label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
 
-    def describe(pam: PAM, sample) -> int:
-        labels = describe_sample(pam, sample.filepath, sample[prompt_field] if prompt_field else False, request,
-                                 run.model.name, run.mask_dir, sample.id)
-        sample[run.label_field] = labels
-        return len(labels.detections)
+    def describe_all(pam: PAM, ids: list[str]):
+        return _stream_images(run, pam, ids, prompt_field, request)
 
-    def clear(sample) -> None:
-        sample[run.label_field] = None
+    return (yield from _describe_samples(run, record, run.label_field, declare, describe_all))
 
-    return (yield from _describe_samples(run, record, run.label_field, declare, describe, clear))
+
+def _stream_images(run: RunContext, pam: PAM, ids: list[str], prompt_field: Optional[str], request: ImageRequest):
+    """The samples of `ids` through pam_core's streaming engine, yielding `Described` as each finishes (not in
+    `ids` order), its labels and any missing metadata set. The engine pulls the samples as it reads ahead, a
+    database batch at a time; a sample read but not finished yet waits in `reading`."""
+    reading: dict[str, tuple[object, Optional[LabelRegions]]] = {}
+
+    def items() -> Iterator[StreamItem]:
+        for batch in _sample_batches(run.samples, ids):
+            for sample in batch:
+                prompt = LabelRegions(sample[prompt_field]) if prompt_field else None  # None: describe everything
+                reading[sample.id] = sample, prompt
+                yield StreamItem(sample.filepath, prompt, id=sample.id)
+
+    stream = pam.describe_stream(items(), task=list(request.tasks), lang=request.lang, generation=request.generation,
+                                 auto=request.auto)
+    with closing(stream):  # a run stopped early stops the engine's reader threads too
+        for result in stream:
+            sample, prompt = reading.pop(result.id)
+            fill_metadata(sample)
+            if not result.ok:
+                sample[run.label_field] = None
+                yield Described(sample, error=result.error)
+                continue
+            names = prompt.names if prompt is not None else [None] * len(result.regions)
+            labels = detections_from_results(result.regions, names, run.model.name, run.mask_dir, sample.id)
+            sample[run.label_field] = labels
+            yield Described(sample, regions=len(labels.detections))
 
 
 def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
@@ -246,23 +344,50 @@ def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
         write_video_labels(sample, run.label_field, frames, captions)
         return len({caption.index for caption in captions.detections})
 
-    def clear(sample) -> None:
-        write_video_labels(sample, run.label_field, {}, None)
+    def describe_all(pam: PAM, ids: list[str]) -> Iterator[Described]:
+        """One video after the other."""
+        for batch in _sample_batches(run.samples, ids):
+            for sample in batch:
+                try:
+                    described = Described(sample, regions=describe(pam, sample))
+                except PAMError as exc:  # a bad file or prompt fails this sample only; the run goes on
+                    write_video_labels(sample, run.label_field, {}, None)
+                    described = Described(sample, error=str(exc))
+                yield described
 
-    summary = yield from _describe_samples(run, record, done_field, declare, describe, clear)
+    summary = yield from _describe_samples(run, record, done_field, declare, describe_all)
     run.dataset.add_dynamic_frame_fields()
     return summary
 
 
-def _describe_samples(run: RunContext, record: dict, done_field: str, declare: Callable[[], None],
-                      describe: Callable[[PAM, object], int], clear: Callable[[object], None]):
-    """The loop of every run over the samples not done yet (all of them with `overwrite`), saved in batches.
+@dataclass
+class Described:
+    """A sample whose labels a run has set (not saved yet): how many regions it got, or why it failed."""
 
-    Which samples to do is fixed when the run starts, as a list of ids, and each batch is read in full before PAM
-    describes it, so no database cursor stays open for the minutes a batch can take. (MongoDB kills cursors
-    idle for 30 minutes; FiftyOne re-opens a lost one by skipping the samples already read, which skipped
-    samples never described when the run iterated "not done yet" while saving.) A sample that fails records
-    its error and the run goes on.
+    sample: object
+    regions: int = 0
+    error: Optional[str] = None
+
+
+def _sample_batches(samples, ids: list[str]) -> Iterator[list]:
+    """The samples of `ids`, in order, read `BATCH_SIZE` at a time: each batch is read in full, so no database
+    cursor stays open while PAM works."""
+    for start in range(0, len(ids), BATCH_SIZE):
+        yield list(samples.select(ids[start:start + BATCH_SIZE], ordered=True).iter_samples())
+
+
+def _describe_samples(run: RunContext, record: dict, done_field: str, declare: Callable[[], None],
+                      describe_all: Callable[[PAM, list[str]], Iterator[Described]]):
+    """The loop of every run over the samples not done yet (all of them with `overwrite`), saved in bulk.
+
+    Which samples to do is fixed when the run starts, as a list of ids, and `describe_all` reads them by id in
+    batches, each in full, so no database cursor stays open for the minutes a batch can take. (MongoDB kills
+    cursors idle for 30 minutes; FiftyOne re-opens a lost one by skipping the samples already read, which skipped
+    samples never described when the run iterated "not done yet" while saving.) Described samples are saved
+    `BATCH_SIZE` at a time in one bulk write each (FiftyOne's save context), labels, error and metadata of a sample
+    in one update, so a killed run loses at most the samples not saved yet, and a resume redoes exactly those. A
+    run stopped early (the generator closed) saves what finished. A sample that fails records its error and the
+    run goes on.
     """
     samples, dataset = run.samples, run.dataset
     resume = not run.overwrite and done_field in dataset.get_field_schema()
@@ -281,22 +406,18 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
     if run.error_field not in dataset.get_field_schema():
         dataset.add_sample_field(run.error_field, fo.StringField,
                                  description="why PAM could not describe this sample (None when it did)")
-    done = 0
-    with samples.save_context(batch_size=BATCH_SIZE) as saver:
-        for start in range(0, total, BATCH_SIZE):
-            for sample in list(samples.select(ids[start:start + BATCH_SIZE], ordered=True).iter_samples()):
-                try:
-                    summary["regions"] += describe(pam, sample)
-                    sample[run.error_field] = None
-                    summary["samples"] += 1
-                except PAMError as exc:  # a bad file or prompt fails this sample only; the run goes on
-                    clear(sample)
-                    sample[run.error_field] = str(exc)
-                    summary["failed"] += 1
-                    summary["errors"][sample.id] = str(exc)
-                saver.save(sample)
-                done += 1
-                yield done, total
+    # closing() is innermost: a stopped run stops describing first, then the save context writes what finished
+    with samples.save_context(batch_size=BATCH_SIZE) as saver, closing(describe_all(pam, ids)) as described:
+        for done, item in enumerate(described, 1):
+            item.sample[run.error_field] = item.error
+            if item.error is None:
+                summary["samples"] += 1
+                summary["regions"] += item.regions
+            else:
+                summary["failed"] += 1
+                summary["errors"][item.sample.id] = item.error
+            saver.save(item.sample)
+            yield done, total
     dataset.add_dynamic_sample_fields()
     return summary
 
@@ -311,10 +432,13 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     definition, brief, detailed or a free instruction; default category and detailed). `model`: a Hub id, a
     checkpoint folder or a loaded `pam_core.PAM`; labels record its name (`pam_model`: the Hub id or the
     folder's name). Samples already done are skipped unless `overwrite`; a sample that fails records its error
-    in `<label_field>_error` and the run continues. Other keyword arguments: `max_regions`, `max_new_tokens`,
-    `generation` (a GenerationSettings), `auto` (an AutoMaskSettings for describe-everything), `mask_dir`
-    (write masks there as PNGs instead of inline), `device`, `dtype`, `local_files_only`. Returns a summary
-    dict (samples, skipped, failed, regions, errors).
+    in `<label_field>_error` and the run continues. `concepts=["person", "red car"]` (images; instead of a
+    prompt field): SAM 3 finds every instance of each and PAM describes it; each Detection carries `concept` and
+    SAM 3's `concept_score`; with `find_threshold`, `max_instances` (per concept) and `sam3` (a SAM 3 folder,
+    Hub id or `pam_core.ConceptFinder`; default facebook/sam3). Other keyword arguments: `max_regions`,
+    `max_new_tokens`, `generation` (a GenerationSettings), `auto` (an AutoMaskSettings for describe-everything),
+    `mask_dir` (write masks there as PNGs instead of inline), `device`, `dtype`, `local_files_only`. Returns a
+    summary dict (samples, skipped, failed, regions, errors).
 
     Video datasets: each prompt object is tracked through the video and captioned per segment, into
     frame-level Detections `frames.<label_field>` (`index` = track id) and TemporalDetections

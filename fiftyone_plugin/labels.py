@@ -98,6 +98,8 @@ def detection_from_result(result, model_name: str, prompt_label: Optional[str] =
     attributes.update(text_attributes(result.texts, result.fields))
     if prompt_label is not None:
         attributes["prompt_label"] = prompt_label
+    if result.concept is not None:  # found by SAM 3 (pam_core's PAM.find)
+        attributes.update(concept=result.concept, concept_score=float(result.concept_score))
     label = attributes.pop("label", None)
     detection = fo.Detection.from_mask(result.mask, label=label, confidence=float(result.mask_score), **attributes)
     return _mask_to_file(detection, mask_file)

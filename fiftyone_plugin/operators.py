@@ -6,7 +6,8 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, DEFAULT_SAM3
+from pam_core.concepts import DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD
 from pam_core.tasks import LANGUAGES, TASK_NAMES, VIDEO_CAPTION
 from pam_core.video import CARRY_MODES, parse_segments
 
@@ -62,6 +63,15 @@ class DescribeRegions(foo.Operator):
         else:
             inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
                         description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
+            inputs.str("concepts", label="Find concepts (optional)",
+                       description="Instead of the regions above: comma-separated noun phrases (e.g. person, red "
+                                   "car); SAM 3 finds every instance of each, and PAM describes it")
+            inputs.float("find_threshold", default=DEFAULT_THRESHOLD, label="Concept score threshold",
+                         description="Keep the instances whose SAM 3 score is above this (0 to 1)")
+            inputs.int("max_instances", default=DEFAULT_MAX_INSTANCES, label="Max instances per concept",
+                       description="Per image, the surest first")
+            inputs.str("sam3", default=DEFAULT_SAM3, label="SAM 3 weights (folder or Hub id)",
+                       description="Gated on the Hub: accept the SAM License and download it first")
         task_choices = types.Dropdown(multiple=not video, label="Task" if video else "Tasks")
         for name in ((VIDEO_CAPTION,) if video else ()) + TASK_NAMES:
             task_choices.add_choice(name, label=name)
@@ -111,6 +121,11 @@ class DescribeRegions(foo.Operator):
             if params.get("instruction"):
                 tasks.append(params["instruction"])
             options.update(tasks=tasks, max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)))
+            concepts = [c for c in (params.get("concepts") or "").split(",") if c.strip()]
+            if concepts:
+                options.update(concepts=concepts, sam3=params.get("sam3") or DEFAULT_SAM3,
+                               find_threshold=float(params.get("find_threshold", DEFAULT_THRESHOLD)),
+                               max_instances=int(params.get("max_instances") or DEFAULT_MAX_INSTANCES))
         steps = run_pam(ctx.target_view(), **options)
         while True:
             try:

@@ -2,10 +2,12 @@
 
 from .analysis import RegionAnalysis, RegionResult
 from .automask import AutoMaskSettings
+from .concepts import ConceptFinder, ConceptInstance
 from .engine import PAM, FeatureCache
 from .errors import (
     CheckpointError,
     DatasetError,
+    DependencyError,
     DeviceError,
     ImageError,
     PAMError,
@@ -25,8 +27,9 @@ from .video import VideoPrompt, VideoResult, VideoSettings
 __all__ = [
     "PAM", "GenerationSettings", "AutoMaskSettings", "FeatureCache", "RegionAnalysis", "RegionResult", "Region",
     "TASK_NAMES", "LANGUAGES",
-    "PAMError", "CheckpointError", "DeviceError", "ImageError", "PromptError", "SettingsError", "TaskError",
-    "WeightsNotFoundError", "DatasetError",
+    "ConceptFinder", "ConceptInstance",
+    "PAMError", "CheckpointError", "DependencyError", "DeviceError", "ImageError", "PromptError", "SettingsError",
+    "TaskError", "WeightsNotFoundError", "DatasetError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
     "StreamItem", "StreamProgress", "StreamResult",
 ]

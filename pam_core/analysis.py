@@ -33,6 +33,10 @@ class RegionResult:
     texts: dict[str, str]  # task name (the instruction for a free task) -> generated text, in request order
     fields: dict[str, str] = field(default_factory=dict)  # parsed label / definition where the tasks have them
     token_ids: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    # Set by `PAM.find` (concept prompts through SAM 3): the concept, SAM 3's score and SAM 3's own mask.
+    concept: Optional[str] = None
+    concept_score: Optional[float] = None
+    concept_mask: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def task(self) -> str:
@@ -50,6 +54,7 @@ class RegionResult:
             "index": self.index, "prompt": self.prompt, "box": list(self.box) if self.box else None,
             "mask_area": int(self.mask.sum()), "mask_score": self.mask_score, "object_score": self.object_score,
             "task": self.task, "lang": self.lang, "text": self.text, "texts": dict(self.texts), **self.fields,
+            **({"concept": self.concept, "concept_score": self.concept_score} if self.concept is not None else {}),
         }
 
 

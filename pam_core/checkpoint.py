@@ -1,4 +1,4 @@
-"""Finding PAM and SAM 2 checkpoints (local folder or Hugging Face Hub) and reading their weights safely."""
+"""Finding PAM, SAM 2 and SAM 3 checkpoints (local folder or Hugging Face Hub) and reading their weights safely."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ DEFAULT_MODEL = PAM_MODELS[0]
 SAM2_HUB_FILES = {repo: (weights, Path(config).name) for repo, (config, weights) in HF_MODEL_ID_TO_FILENAMES.items()
                   if repo.startswith("facebook/sam2.1-")}
 DEFAULT_SAM2 = "facebook/sam2.1-hiera-large"
+# SAM 3 (concept prompts, pam_core.concepts): transformers-format repos, gated under the SAM License. The
+# transformers files only: the repo also holds Meta's original sam3.pt (3.4 GB), which transformers does not read.
+SAM3_MODELS = ("facebook/sam3",)
+DEFAULT_SAM3 = SAM3_MODELS[0]
+SAM3_HUB_FILES = ["*.json", "*.txt", "model*.safetensors"]
 PAM_REQUIRED_FILES = ("config.json", "tokenizer.json")
 PAM_KEY_PREFIXES = ("model.vision_resampler.", "model.mm_projector_img.", "model.mm_projector_semT.",
                     "model.image_newline", "model.semT_newline", "model.frame_newline")
@@ -80,6 +85,42 @@ def _checked_model_dir(path: Path) -> Path:
         missing.append("model.safetensors (or model.safetensors.index.json + shards)")
     if missing:
         raise CheckpointError(f"PAM checkpoint {path} is missing {', '.join(missing)}")
+    return path
+
+
+def resolve_sam3_dir(sam3: str | os.PathLike = DEFAULT_SAM3, local_files_only: Optional[bool] = None) -> Path:
+    """A folder with a transformers-format SAM 3 (config, weights, processor and tokenizer files), from a local
+    path or a Hub id ("facebook/sam3"). Downloads only when allowed (as `resolve_model_dir`); the Hub repo is
+    gated, so a failed or disallowed download says to accept the licence first."""
+    path = Path(sam3).expanduser()
+    if path.exists():
+        return _checked_sam3_dir(path)
+    ref = str(sam3)
+    parts = ref.split("/")
+    if len(parts) != 2 or not all(parts) or ref.startswith((".", "/", "~")):
+        raise WeightsNotFoundError(f"SAM 3 folder not found: {ref} (give a folder or a Hub id such as {DEFAULT_SAM3})")
+    if local_files_only is None:
+        local_files_only = offline()
+    hint = (f"SAM 3 is gated: accept the SAM License at https://huggingface.co/{ref} (logged in with `hf auth login`), "
+            f"then download it where the Hub is reachable with `hf download {ref} --exclude '*.pt' --local-dir sam3` "
+            f"and pass --sam3 sam3 (or leave it in the Hugging Face cache).")
+    return _checked_sam3_dir(_hub_snapshot(ref, SAM3_HUB_FILES, local_files_only, "SAM 3 checkpoint", hint))
+
+
+def _checked_sam3_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise CheckpointError(f"SAM 3 checkpoint must be a folder (config.json, model.safetensors, processor and "
+                              f"tokenizer files), got file {path}")
+    has = lambda *names: any((path / name).is_file() for name in names)  # noqa: E731
+    missing = [] if has("config.json") else ["config.json"]
+    if not has("model.safetensors", "model.safetensors.index.json"):
+        missing.append("model.safetensors (or model.safetensors.index.json + shards)")
+    if not has("processor_config.json", "preprocessor_config.json"):
+        missing.append("processor_config.json (or preprocessor_config.json)")
+    if not has("tokenizer.json") and not (has("vocab.json") and has("merges.txt")):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if missing:
+        raise CheckpointError(f"SAM 3 checkpoint {path} is missing {', '.join(missing)}")
     return path
 
 

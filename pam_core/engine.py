@@ -13,6 +13,16 @@ from PIL import Image
 from . import checkpoint
 from .analysis import RegionAnalysis, RegionResult, analyze_regions, region_result
 from .automask import AutoMaskSettings, find_objects
+from .concepts import (
+    DEFAULT_MAX_INSTANCES,
+    DEFAULT_THRESHOLD,
+    ConceptFinder,
+    Concepts,
+    Sam3Like,
+    check_find_settings,
+    checked_concepts,
+    concept_finder,
+)
 from .errors import SettingsError
 from .generation import Generation, GenerationSettings, decode
 from .io import ImageLike, load_image
@@ -80,18 +90,24 @@ class PAM:
     (None: 16 on the CPU, from free memory on a GPU).
     """
 
-    def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None):
+    # SAM 3 for `find`: a folder, a Hub id or a loaded ConceptFinder (None: facebook/sam3), loaded on first use.
+    sam3: Sam3Like = None
+
+    def __init__(self, model: PAMModel, cache_size: int = 4, max_batch: Optional[int] = None,
+                 compile_decoder: bool = False):
         if max_batch is not None and max_batch < 1:
             raise SettingsError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.cache = FeatureCache(cache_size)
         self.max_batch = max_batch
+        self.compile_decoder = compile_decoder
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = checkpoint.DEFAULT_MODEL, cache_size: int = 4,
-                        max_batch: Optional[int] = None, **kwargs) -> "PAM":
+                        max_batch: Optional[int] = None, compile_decoder: bool = False, **kwargs) -> "PAM":
         """See `PAMModel.from_pretrained` for `sam2`, `sam2_config`, `device`, `dtype`, `local_files_only`."""
-        return cls(PAMModel.from_pretrained(model, **kwargs), cache_size=cache_size, max_batch=max_batch)
+        return cls(PAMModel.from_pretrained(model, **kwargs), cache_size=cache_size, max_batch=max_batch,
+                   compile_decoder=compile_decoder)
 
     def encode(self, image: ImageLike) -> tuple[Image.Image, ImageFeatures]:
         """Load the image and run SAM 2's image encoder, unless the cache has this image already."""
@@ -124,7 +140,8 @@ class PAM:
         Greedy results are the same as one call per region and task."""
         prefixes = self.model.prompt_prefix(visual_embeds, tasks[0])
         task_ids = [self.model.task_ids(task) for task in tasks]
-        decoded = decode(self.model.llm, prefixes, task_ids, self.model.decoding_spec(settings), return_first_logits)
+        decoded = decode(self.model.decoding_llm(self.compile_decoder), prefixes, task_ids,
+                         self.model.decoding_spec(settings), return_first_logits)
         return [[Generation(ids, self.model.decode_text(ids), first)
                  for ids, first in per_region] for per_region in decoded]
 
@@ -151,6 +168,35 @@ class PAM:
         regions = [Region.from_box(c.box).validated(features.width, features.height)
                    for c in find_objects(self.model.segmenter, features, auto)]
         return self._describe_regions(features, regions, ["auto"] * len(regions), tasks, lang, generation, progress)
+
+    def find(self, image: ImageLike, concepts: Concepts, task: Tasks = "category", lang: str = "en",
+             threshold: float = DEFAULT_THRESHOLD, max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
+             generation: GenerationSettings = GenerationSettings(), sam3: Sam3Like = None,
+             progress: Optional[Progress] = None) -> list[RegionResult]:
+        """Find every instance of each concept (a noun phrase such as "red car", or several) with SAM 3 and
+        describe each one as a box prompt, PAM's training distribution: exactly what `describe` gives for the
+        same boxes, plus `concept`, SAM 3's `concept_score` and SAM 3's own `concept_mask`. SAM 3 encodes the
+        image once for all concepts, SAM 2 once as always. `threshold` and `max_instances` (per concept, None:
+        all) select SAM 3's instances; `sam3` overrides `self.sam3` (see `pam_core.concepts`). No instance
+        found is an empty list."""
+        names = checked_concepts(concepts)
+        check_find_settings(threshold, max_instances)
+        tasks = resolve_tasks(task, lang)
+        finder = self.concept_finder(sam3)
+        pil, features = self.encode(image)
+        if progress:
+            progress(0, 0, f"finding {', '.join(names)}")
+        instances = finder.find(pil, names, threshold=threshold, max_instances=max_instances)
+        regions = [Region.from_box(i.box).validated(features.width, features.height) for i in instances]
+        results = self._describe_regions(features, regions, ["concept"] * len(regions), tasks, lang, generation,
+                                         progress)
+        for result, instance in zip(results, instances):
+            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
+        return results
+
+    def concept_finder(self, sam3: Sam3Like = None) -> ConceptFinder:
+        """The SAM 3 `find` uses (`sam3`, else `self.sam3`, else facebook/sam3), on this engine's device."""
+        return concept_finder(sam3 if sam3 is not None else self.sam3).to(self.model.device)
 
     def _describe_regions(self, features: ImageFeatures, regions: list[Region], prompts: list[str],
                           tasks: list[Task], lang: str, generation: GenerationSettings,
@@ -184,8 +230,8 @@ class PAM:
         ...     print(result.id, result.error or [r.text for r in result.regions])
         """
         return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
-                               encoder_batch=encoder_batch, workers=workers, lookahead=lookahead,
-                               progress=progress, cancel=cancel)
+                               compile_decoder=self.compile_decoder, encoder_batch=encoder_batch, workers=workers,
+                               lookahead=lookahead, progress=progress, cancel=cancel)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,

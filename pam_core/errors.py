@@ -33,6 +33,10 @@ class DeviceError(PAMError, ValueError):
     """The requested device or dtype is not available here."""
 
 
+class DependencyError(PAMError, ImportError):
+    """An optional dependency is missing or too old for the feature asked for; the message names what to install."""
+
+
 class VideoError(PAMError, ValueError):
     """The video cannot be read, has no frames, or a segment does not fit it."""
 

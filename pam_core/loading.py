@@ -97,8 +97,9 @@ def _cache_size() -> int:
 MODELS = ModelCache(_cache_size())
 
 
-def load_pam(source: ModelSource = ModelSource(), *, max_batch: Optional[int] = None, cache_size: int = 4) -> PAM:
+def load_pam(source: ModelSource = ModelSource(), *, max_batch: Optional[int] = None, cache_size: int = 4,
+             compile_decoder: bool = False) -> PAM:
     """A PAM engine on the cached model of `source` (loaded on first use). Engines are cheap: each has its own
     encoder feature cache (`cache_size` images) and decoding batch size, and engines of one source share
     the weights."""
-    return PAM(MODELS.get(source), cache_size=cache_size, max_batch=max_batch)
+    return PAM(MODELS.get(source), cache_size=cache_size, max_batch=max_batch, compile_decoder=compile_decoder)

@@ -76,6 +76,7 @@ class PAMModel(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults or {}
+        self._compiled_llm: Optional[nn.Module] = None
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = checkpoint.DEFAULT_MODEL,
@@ -175,6 +176,15 @@ class PAMModel(nn.Module):
     def task_ids(self, task: Task) -> list[int]:
         """The prompt's token ids after <image>: the task text, end of turn, assistant header."""
         return self.tokenize(task.prompt_parts()[1])
+
+    def decoding_llm(self, compiled: bool = False) -> nn.Module:
+        """The LLM that decodes: as loaded, or compiled by `torch.compile` (inductor, dynamic shapes: the batch
+        and the KV cache change size every step). Compiled once per model, on first use; the same weights."""
+        if not compiled:
+            return self.llm
+        if self._compiled_llm is None:
+            self._compiled_llm = torch.compile(self.llm, dynamic=True)
+        return self._compiled_llm
 
     def decode_text(self, ids: Sequence[int]) -> str:
         """Generated ids as text, special tokens dropped."""

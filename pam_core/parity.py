@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .engine import PAM, RegionAnalysis
+from .analysis import RegionAnalysis
+from .engine import PAM
 from .errors import CheckpointError
 from .generation import GenerationSettings
 from .prompts import Region
@@ -66,12 +67,13 @@ def run_parity(fixture: str | Path, device: str = "cpu", report: Optional[Callab
     On CUDA, TF32 is switched off for the run: PyTorch lets cuDNN convolutions use it by default, which
     moves SAM 2's features by ~1e-3, and a parity check compares IEEE float32.
     """
-    with _ieee_float32():
+    with ieee_float32():
         return _run_parity(Path(fixture), device, report, cases)
 
 
 @contextlib.contextmanager
-def _ieee_float32():
+def ieee_float32():
+    """IEEE float32 on CUDA in the block (no TF32 in matmuls or cuDNN convolutions), as before after it."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:

@@ -40,12 +40,15 @@ class StreamItem:
     """One image of a stream with what to ask about it.
 
     `regions`: the region prompts (boxes, points, masks; anything `Region`-like), or None to describe
-    everything SAM 2's automatic masks find. `id` names the image in results (default: the path, else the
-    position in the stream). `task`/`lang` override the stream's for this image.
+    everything SAM 2's automatic masks find. Prompts that depend on the image's size (relative coordinates, as
+    in FiftyOne labels) may be given as a function of (width, height) returning them: it runs in the reader
+    thread once the image is read, and a PAMError it raises becomes the image's error. `id` names the image in
+    results (default: the path, else the position in the stream). `task`/`lang` override the stream's for this
+    image.
     """
 
     image: ImageLike
-    regions: Optional[Sequence[RegionLike]] = None
+    regions: Optional[Union[Sequence[RegionLike], Callable[[int, int], Sequence[RegionLike]]]] = None
     id: Optional[str] = None
     task: Optional[Tasks] = None
     lang: Optional[str] = None
@@ -166,14 +169,14 @@ class _Stream:
     """The model side of `describe_stream`: encoder batches, region analysis and the shared decoding batch."""
 
     def __init__(self, model: PAMModel, task: Tasks, lang: str, generation: GenerationSettings,
-                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int):
+                 auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False):
         self.model = model
         self.task, self.lang = task, lang
         self.tasks = resolve_tasks(task, lang)  # checked before the first image is read
         self.auto = auto
         self.max_batch = max_batch
         self.encoder_batch = encoder_batch
-        self.batch = DecodeBatch(model.llm, model.decoding_spec(generation))
+        self.batch = DecodeBatch(model.decoding_llm(compile_decoder), model.decoding_spec(generation))
         self.waiting: deque[_InFlight] = deque()  # images with regions that have not joined yet
 
     def prepare(self, item: StreamItem, index: int) -> _Prepared:
@@ -186,7 +189,8 @@ class _Stream:
             image = load_image(item.image)
             prepared.size = image.size
             if item.regions is not None:
-                prepared.regions = [as_region(r).validated(image.width, image.height) for r in item.regions]
+                regions = item.regions(*image.size) if callable(item.regions) else item.regions
+                prepared.regions = [as_region(r).validated(image.width, image.height) for r in regions]
             prepared.pixels = preprocess(image, self.model.segmenter.image_size)
         except PAMError as exc:
             prepared.error = str(exc)
@@ -257,8 +261,8 @@ def check_stream_settings(max_batch: Optional[int], encoder_batch: Optional[int]
 def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
                     lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
-                    encoder_batch: Optional[int] = None, workers: int = 2, lookahead: int = 8,
-                    progress: Optional[StreamProgressCallback] = None,
+                    compile_decoder: bool = False, encoder_batch: Optional[int] = None, workers: int = 2,
+                    lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
                     cancel: Optional[threading.Event] = None) -> Iterator[StreamResult]:
     """Describe every image of `items` (`StreamItem`s, or images to describe everything of), yielding one
     `StreamResult` per image as it completes (not necessarily in stream order; `index` gives the position).
@@ -266,14 +270,20 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     An unreadable image or a region that does not fit its image gives a result with `error` set, and the
     stream goes on. `max_batch` bounds the (region, task) rows decoded together, `encoder_batch` the images
     encoded together (default 1 on a CPU, 8 on a GPU), `workers` the reader threads and `lookahead` the
-    images read ahead. `progress` is called after every image; setting `cancel` (or closing the iterator)
-    stops the stream after the current decoding step, and what finished has been yielded.
+    images read ahead. `compile_decoder` decodes with `torch.compile`d LLM steps (`PAMModel.decoding_llm`).
+    `progress` is called after every image; setting `cancel` (or closing the iterator) stops the stream after
+    the current decoding step, and what finished has been yielded.
     """
     check_stream_settings(max_batch, encoder_batch, workers, lookahead)
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
-    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch)
-    reader = _Reader(items, stream.prepare, workers, max(lookahead, encoder_batch))
+    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder)
+    return _run(stream, items, workers, max(lookahead, encoder_batch), progress, cancel)
+
+
+def _run(stream: _Stream, items: Iterable, workers: int, lookahead: int, progress: Optional[StreamProgressCallback],
+         cancel: Optional[threading.Event]) -> Iterator[StreamResult]:
+    reader = _Reader(items, stream.prepare, workers, lookahead)  # starts reading at the first next()
     started = time.perf_counter()
     counts = {"images": 0, "regions": 0, "failed": 0}
 
@@ -293,9 +303,9 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
             # Keep enough regions analysed to fill the batch; read and encode more images only then.
             while not reader.done and stream.waiting_regions() * len(stream.tasks) < stream.max_batch:
                 ready = []
-                while not reader.done and len(ready) < encoder_batch:
+                while not reader.done and len(ready) < stream.encoder_batch:
                     item = reader.next()
-                    if item.error is not None:
+                    if item.error is not None or item.regions == []:  # nothing to encode: done already
                         yield finished(StreamResult(item.index, item.id, [], item.size, item.error))
                     else:
                         ready.append(item)
@@ -312,9 +322,8 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
                     return
                 continue
             for (flight, region, task_index), ids, _ in stream.batch.step():
-                flight.generations[region, task_index] = Generation(ids, model.decode_text(ids))
+                flight.generations[region, task_index] = Generation(ids, stream.model.decode_text(ids))
                 if len(flight.generations) == flight.rows:
                     yield finished(stream.result(flight))
     finally:
         reader.close()
-

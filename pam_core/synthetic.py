@@ -1,8 +1,11 @@
 """Random-weight PAM checkpoints in the official layout, of any size: for tests and benchmarks, where the
-real weights cannot be downloaded. Both layouts the official loader accepts can be written."""
+real weights cannot be downloaded. Both layouts the official loader accepts can be written. Also a tiny random
+SAM 3 in transformers' format with a real CLIP tokenizer, for concept prompts (`write_random_sam3`)."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,3 +169,87 @@ def _save_sharded(folder: Path, state: dict[str, torch.Tensor]) -> None:
     total = sum(t.numel() * t.element_size() for t in state.values())
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+# ------------------------------------------------------------------------------------------------- SAM 3
+# A SAM 3 with every width 32 and one or two layers per part (about 1.8 M parameters, most of them the CLIP
+# vocabulary's embeddings). HF's 0.02 init gives outputs that barely depend on the image; 0.2 makes the
+# instances found (boxes, scores, masks) clearly the image's own.
+SAM3_INIT_RANGE = 0.2
+SAM3_IMAGE_SIZE, SAM3_PATCH = 224, 14
+CLIP_MERGES = 49152 - 256 - 2  # CLIP's SimpleTokenizer: the first 48,894 merges of its BPE file
+CLIP_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2/CLIP's byte-to-unicode map: the printable bytes as themselves, the others shifted past 255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(extra))]
+
+
+def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """CLIP's BPE vocabulary (49,408 tokens) as vocab.json and merges.txt, built offline from the BPE file
+    open-clip-torch ships (bpe_simple_vocab_16e6.txt.gz) the way CLIP's SimpleTokenizer builds it."""
+    spec = importlib.util.find_spec("open_clip")  # located, not imported (open_clip pulls in timm)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the CLIP tokenizer files come from open-clip-torch: pip install 'pam-suite[test]'")
+    bpe = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.decompress(bpe.read_bytes()).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1:CLIP_MERGES + 1]]
+    symbols = _byte_symbols()
+    vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(pair) for pair in merges), *CLIP_SPECIAL]
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False),
+                          encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return vocab_file, merges_file
+
+
+def write_random_sam3(folder: Path, seed: int = 0) -> Path:
+    """A transformers-format SAM 3 folder (config, model.safetensors, processor and CLIP tokenizer files) with
+    random weights, small sizes and 224-pixel images, that `pam_core.concepts` loads like facebook/sam3."""
+    import transformers
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTokenizer,
+        Sam3Config,
+        Sam3DETRDecoderConfig,
+        Sam3DETREncoderConfig,
+        Sam3GeometryEncoderConfig,
+        Sam3MaskDecoderConfig,
+        Sam3Model,
+        Sam3Processor,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+
+    init = {"initializer_range": SAM3_INIT_RANGE}
+    small = {"hidden_size": 32, "num_attention_heads": 2, **init}
+    layers = {**small, "intermediate_size": 64, "num_layers": 1}
+    grid = SAM3_IMAGE_SIZE // SAM3_PATCH  # 16 x 16 patches; the FPN levels are 4x, 2x, 1x and 0.5x of it
+    backbone = Sam3ViTConfig(**small, intermediate_size=64, num_hidden_layers=2, image_size=SAM3_IMAGE_SIZE,
+                             patch_size=SAM3_PATCH, pretrain_image_size=SAM3_IMAGE_SIZE, window_size=8,
+                             global_attn_indexes=[1])
+    config = Sam3Config(
+        vision_config=Sam3VisionConfig(backbone_config=backbone, fpn_hidden_size=32, **init,
+                                       backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2]),
+        text_config=CLIPTextConfig(**small, vocab_size=49408, intermediate_size=64, projection_dim=32,
+                                   num_hidden_layers=1, max_position_embeddings=32),
+        geometry_encoder_config=Sam3GeometryEncoderConfig(**layers),
+        detr_encoder_config=Sam3DETREncoderConfig(**layers),
+        detr_decoder_config=Sam3DETRDecoderConfig(**layers, num_queries=20),
+        mask_decoder_config=Sam3MaskDecoderConfig(**small), **init)
+    torch.manual_seed(seed)
+    model = Sam3Model(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    vocab_file, merges_file = write_clip_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=32)
+    # transformers 5.0 names it Sam3ImageProcessorFast; later releases Sam3ImageProcessor (the old name deprecated)
+    image_processor_class = getattr(transformers, "Sam3ImageProcessor", None) or transformers.Sam3ImageProcessorFast
+    image_processor = image_processor_class(size={"height": SAM3_IMAGE_SIZE, "width": SAM3_IMAGE_SIZE},
+                                         mask_size={"height": grid * 4, "width": grid * 4})
+    Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(str(folder))
+    return folder

@@ -31,6 +31,14 @@ def synthetic_checkpoint(tmp_path_factory):
     return write_random_checkpoint(root / "pam"), sam2
 
 
+@pytest.fixture(scope="session")
+def synthetic_sam3(tmp_path_factory):
+    """A tiny random SAM 3 (transformers format, real CLIP tokenizer from open-clip-torch), written by pam_core."""
+    from pam_core.synthetic import write_random_sam3
+
+    return write_random_sam3(tmp_path_factory.mktemp("sam3") / "sam3_tiny")
+
+
 @pytest.fixture
 def pam_cli(capsys) -> PamCli:
     return PamCli(capsys)

@@ -45,10 +45,10 @@ from comfy_env import (
 )
 from PIL import Image
 
-from comfy_nodes.prompts import Prompts, mask_regions, parse_boxes, parse_editor, parse_points
+from comfy_nodes.prompts import Prompts, mask_regions, parse_boxes, parse_concepts, parse_editor, parse_points
 from comfy_nodes.regions import PAMRegions
 from helpers import FIXTURE
-from pam_core import AutoMaskSettings, GenerationSettings, PromptError, Region
+from pam_core import AutoMaskSettings, ConceptFinder, GenerationSettings, PromptError, Region
 from pam_core.prompts import mask_box
 from pam_core.video import ObjectFrame, Segment, SegmentCaption, VideoInfo, VideoResult, mask_to_rle
 
@@ -58,11 +58,13 @@ BOX = [70, 110, 270, 340]
 POINT = [460, 150]
 PROMPT = json.dumps({"positive": [{"x": POINT[0], "y": POINT[1]}], "negative": [], "boxes": [BOX]})
 HUB_MODELS = ["Perceive-Anything/PAM-1.5B", "Perceive-Anything/PAM-3B"]
-PAM_NODES = ["PAMDescribeEverything", "PAMDescribeMasks", "PAMModelLoader", "PAMOverlay", "PAMRegionsToText",
-             "PAMSegmentDescribe", "PAMVideo"]
+PAM_NODES = ["PAMDescribeEverything", "PAMDescribeMasks", "PAMFindDescribe", "PAMModelLoader", "PAMOverlay",
+             "PAMRegionsToText", "PAMSegmentDescribe", "PAMVideo"]
 EXAMPLE_WORKFLOWS = ["click_to_caption", "describe_everything", "video_caption"]
 VIDEO_BOX = [30, 50, 110, 130]  # the red square on the fixture video's first frames (320x240)
 VIDEO_POINT = [260, 180]  # the green disc
+SAM3_NAME = "sam3_tiny"  # pam_core.synthetic's random SAM 3, linked into models/sam3
+CONCEPTS = ["object", "red shape"]
 
 
 # --- prompt inputs (no ComfyUI needed) ---------------------------------------------------------------------
@@ -113,6 +115,11 @@ def test_masks_are_resized_to_the_image():
     assert resized.shape == (8, 8) and resized.dtype == bool and resized[:4, :4].all() and resized.sum() == 16
     [same] = mask_regions(mask[0], 4, 4)  # [H, W] is accepted too
     assert same.kind == "mask" and same.mask.sum() == 4
+
+
+def test_concepts_text_box():
+    assert parse_concepts("person\n red car, dog ,\n\n") == ["person", "red car", "dog"]
+    assert parse_concepts("") == [] and parse_concepts(" ,\n ") == []
 
 
 def test_video_tracks_become_regions_per_frame_with_their_segment_caption():
@@ -189,6 +196,32 @@ JOBS = {
         "video_no_prompt": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "prompt": ""})}),
         "video_frame_outside": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "frame": VIDEO_FRAMES})}),
         "video_bad_segments": api_prompt(**VIDEO_SOURCE, **{"5": ("PAMVideo", {**VIDEO, "segments": "0:2"})}),
+        # concepts found by SAM 3 (a random one: threshold 0 keeps max_instances of each), described, as JSON
+        "find_describe": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMFindDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "concepts": "object, red shape",
+                                         "sam3": SAM3_NAME, "threshold": 0.0, "max_instances": 2, "task": "category",
+                                         **TEXT}),
+               "4": ("PAMRegionsToText", {"regions": ["3", 2]}),
+               "5": ("PreviewAny", {"source": ["4", 1]}),
+               "6": ("MaskToImage", {"mask": ["3", 0]}),
+               "7": ("SaveImage", {"images": ["6", 0], "filename_prefix": "find_masks"})}),
+        "find_nothing": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMFindDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "concepts": "object",
+                                         "sam3": SAM3_NAME, "threshold": 1.0, "max_instances": 2, "task": "category",
+                                         **TEXT}),
+               "4": ("PAMRegionsToText", {"regions": ["3", 2]})}),
+        "find_no_concept": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMFindDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "concepts": " ,\n",
+                                         "sam3": SAM3_NAME, "threshold": 0.5, "max_instances": 2, "task": "category",
+                                         **TEXT})}),
+        "find_sam3_missing": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("PAMFindDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "concepts": "person",
+                                         "sam3": "facebook/sam3", "threshold": 0.5, "max_instances": 2,
+                                         "task": "category", **TEXT})}),
         "unknown_more_task": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
                "3": ("PAMSegmentDescribe", {"pam_model": ["2", 0], "image": ["1", 0], "prompt": PROMPT,
@@ -212,9 +245,11 @@ JOBS = {
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, synthetic_sam3):
     """Every job of JOBS run by ComfyUI's PromptExecutor: (results by job name, base directory)."""
     base = make_base(tmp_path_factory.mktemp("comfy-inprocess"))
+    (base / "models" / "sam3").mkdir()
+    (base / "models" / "sam3" / SAM3_NAME).symlink_to(synthetic_sam3, target_is_directory=True)
     jobs, result = base / "jobs.json", base / "result.json"
     jobs.write_text(json.dumps(JOBS))
     settings = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PAM_MODEL_CACHE_SIZE": "1"}
@@ -332,6 +367,30 @@ def test_errors_say_what_to_do(engine):
     assert "downloads are disabled (HF_HUB_OFFLINE=1" in offline  # the switch never overrides HF_HUB_OFFLINE
     unknown = execution_error(results["unknown_more_task"])
     assert unknown["node_type"] == "PAMSegmentDescribe" and "unknown task 'sorting'" in unknown["exception_message"]
+
+
+@pytest.mark.host
+@needs_comfyui
+def test_find_describe_gives_pam_core_find(engine, pam, synthetic_sam3):
+    results, base = engine
+    entry = results["find_describe"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.find(FIXTURE / "inputs" / "image.png", CONCEPTS, task="category", threshold=0.0, max_instances=2,
+                    generation=GenerationSettings(max_new_tokens=TOKENS),
+                    sam3=ConceptFinder.from_pretrained(synthetic_sam3))
+    assert [r.concept for r in want] == [CONCEPTS[0]] * 2 + [CONCEPTS[1]] * 2
+    assert entry["outputs"]["3"]["text"] == ["\n".join(f"{r.concept}: {line}" for r, line in zip(want, lines(want)))]
+    [as_json] = entry["outputs"]["5"]["text"]
+    assert json.loads(as_json) == json.loads(json.dumps([{"image": 0, **r.to_dict()} for r in want]))
+    masks = saved_images(base, entry["outputs"]["7"])
+    assert len(masks) == 4 and all(np.array_equal(m[..., 0] > 127, r.mask) for m, r in zip(masks, want))
+    nothing = results["find_nothing"]
+    assert nothing["success"] and nothing["outputs"]["3"]["text"] == [""]
+    error = execution_error(results["find_no_concept"])
+    assert error["node_type"] == "PAMFindDescribe" and "give at least one concept" in error["exception_message"]
+    missing = execution_error(results["find_sam3_missing"])["exception_message"]
+    assert "accept the SAM License at https://huggingface.co/facebook/sam3" in missing
+    assert str(base / "models" / "sam3") in missing and "never downloads" in missing
 
 
 def caption_lines(result) -> str:

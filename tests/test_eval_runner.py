@@ -7,20 +7,27 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from helpers import needs_fixture
+from pam_core import GenerationSettings
 from pam_core.evaluation import Annotation, EvalError
 from pam_core.evaluation.runner import PREDICTIONS, EvalRun, predict
 
 
 class FakePAM:
     """Answers every region with its box and every video clip with its first frame and history, and records
-    what it was asked. Stands in for PAM where only the runner's order and bookkeeping are under test."""
+    what it was asked. Stands in for PAM where only the runner's order and bookkeeping are under test. Its
+    stream answers the last image first, as the real engine may (it yields images as they finish)."""
 
     def __init__(self):
         self.asked = []
 
-    def describe(self, image, prompts, task, lang, generation):
-        self.asked += [p.box for p in prompts]
-        return [SimpleNamespace(text=f"box {p.box}", fields={}) for p in prompts]
+    def describe_stream(self, items, task, lang, generation):
+        results = []
+        for index, item in enumerate(items):
+            self.asked += [p.box for p in item.regions]
+            regions = [SimpleNamespace(text=f"box {p.box}", fields={}) for p in item.regions]
+            results.append(SimpleNamespace(index=index, id=item.id, regions=regions, ok=True, error=None))
+        yield from reversed(results)
 
     def describe_video(self, frames, prompts, *, task, lang, generation, history, keep_frames):
         assert task == "caption" and len(prompts) == 1 and not keep_frames
@@ -59,6 +66,31 @@ def test_a_resumed_model_run_predicts_only_the_missing_regions(records, tmp_path
         raise AssertionError("a finished run must not load the model")
 
     assert predict(records, out, RUN, no_model, show_progress=False) == done
+
+
+def test_images_finished_out_of_order_are_written_in_annotation_order(records, tmp_path):
+    _predict(records, tmp_path / "out", FakePAM())  # one image per stream item (batch=1), answered last first
+    lines = [json.loads(line) for line in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    assert [(line["id"], line["prediction"]) for line in lines] == \
+        [(r.id, f"box {tuple(float(v) for v in r.region['box'])}") for r in records]
+
+
+@needs_fixture
+def test_a_region_outside_its_image_stops_the_run_after_the_images_before_it(pam, tmp_path):
+    """The streaming engine reports the bad image while earlier ones still decode: they are written, then the
+    run stops with the annotation named."""
+    large, small = tmp_path / "large.png", tmp_path / "small.png"
+    Image.new("RGB", (64, 64), "red").save(large)
+    Image.new("RGB", (32, 32)).save(small)
+    records = [Annotation(id="fits", refs=["x"], image=str(large), region={"box": [0, 0, 40, 40]}),
+               Annotation(id="outside", refs=["x"], image=str(small), region={"points": [[40, 40]]}),
+               Annotation(id="also fits", refs=["x"], image=str(large), region={"points": [[50, 50]]})]
+    run = EvalRun.create("caption", model=None, generation=GenerationSettings(max_new_tokens=3))
+    with pytest.raises(EvalError, match=r"annotation outside \(.*small.png\): point \(40, 40\) lies outside the "
+                                        r"32x32 image"):
+        predict(records, tmp_path / "out", run, lambda: pam, show_progress=False)
+    lines = [json.loads(line)["id"] for line in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    assert lines == ["fits", "also fits"]  # the image before the bad one, both its regions
 
 
 def test_a_changed_region_is_not_resumed_from_the_old_prediction(records, tmp_path):

@@ -16,7 +16,9 @@ from dataclasses import fields
 from typing import TypeVar
 
 from ..automask import ORDERS, AutoMaskSettings
-from ..checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from ..checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, DEFAULT_SAM3
+from ..concepts import DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, ConceptFinder, check_find_settings, checked_concepts
+from ..concepts import concept_finder as load_concept_finder
 from ..engine import PAM
 from ..errors import PromptError, SettingsError
 from ..generation import GenerationSettings
@@ -73,6 +75,41 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument("--local-files-only", action="store_true",
                        help="never download; fail if the weights are not on disk")
     return parser
+
+
+def concept_options(video: bool = False) -> argparse.ArgumentParser:
+    """--find, --find-threshold, --max-instances, --sam3: regions found by SAM 3 from text concepts."""
+    parser = argparse.ArgumentParser(add_help=False)
+    where = "on --frame, each tracked and captioned" if video else "each described as a box prompt"
+    group = parser.add_argument_group(
+        "concepts (SAM 3)", f"--find gives the regions as text: SAM 3 finds every instance of each concept, {where}")
+    group.add_argument("--find", action="append", default=[], metavar="CONCEPT",
+                       help="a noun phrase such as 'person' or 'red car' (repeatable)")
+    group.add_argument("--find-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
+                       help="keep instances whose SAM 3 score is above T (default: %(default)s)")
+    group.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, metavar="N",
+                       help="at most N instances per concept, the surest first (default: %(default)s)")
+    group.add_argument("--sam3", default=DEFAULT_SAM3,
+                       help="SAM 3 folder (transformers format) or Hub id; the Hub repo is gated: accept its licence "
+                            "first (default: %(default)s)")
+    return parser
+
+
+def concepts_of(args: argparse.Namespace) -> list[str]:
+    """The --find concepts and settings checked before any model loads ([] without --find)."""
+    if not args.find:
+        return []
+    check_find_settings(args.find_threshold, args.max_instances)
+    return checked_concepts(args.find)
+
+
+def concept_finder(args: argparse.Namespace) -> ConceptFinder:
+    """SAM 3 from --sam3, downloading only as --local-files-only and HF_HUB_OFFLINE allow."""
+    start = time.time()
+    log(f"loading SAM 3 ({args.sam3}) ...")
+    finder = load_concept_finder(args.sam3, local_files_only=True if args.local_files_only else None)
+    log(f"loaded in {time.time() - start:.1f} s")
+    return finder
 
 
 def decoding_options() -> argparse.ArgumentParser:

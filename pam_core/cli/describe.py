@@ -19,6 +19,9 @@ from .common import (
     box_region,
     checked_max_batch,
     checked_tasks,
+    concept_finder,
+    concept_options,
+    concepts_of,
     decoding_options,
     everything_options,
     load_model,
@@ -36,11 +39,11 @@ from .common import (
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "describe", parents=[prompt_options(), model_options(), decoding_options(), sampling_options(), task_options(),
-                             batch_options(), everything_options()],
+        "describe", parents=[prompt_options(), concept_options(), model_options(), decoding_options(),
+                             sampling_options(), task_options(), batch_options(), everything_options()],
         help="segment and describe regions of an image",
         description="Each --box and each --mask is one region; all --point options together form one region; "
-                    "--everything finds the regions itself.")
+                    "--everything finds the regions itself, and so does --find (every instance of a concept).")
     parser.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
     parser.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
@@ -52,11 +55,18 @@ def _regions(args) -> list[Region]:
     if args.point:
         regions.append(points_region(args.point))
     regions += [Region.from_mask(path) for path in args.mask]
+    if args.find and (regions or args.everything):
+        raise PromptError("--find finds the regions itself; drop --box, --point, --mask and --everything")
     if regions and args.everything:
         raise PromptError("--everything finds the regions itself; drop --box, --point and --mask")
-    if not regions and not args.everything:
-        raise PromptError("give at least one region (--box, --point or --mask) or --everything")
+    if not regions and not args.everything and not args.find:
+        raise PromptError("give at least one region (--box, --point or --mask), --everything or --find")
     return regions
+
+
+def _overlay_label(result) -> str:
+    label = result.fields.get("label") or result.text
+    return f"{result.concept}: {label}" if result.concept is not None else label
 
 
 def run(args) -> int:
@@ -67,15 +77,21 @@ def run(args) -> int:
     checked_max_batch(args)
     image = load_image(args.image)
     regions = [region.validated(image.width, image.height) for region in _regions(args)]
+    concepts = concepts_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # results.json marks a complete run; drop a stale one first
 
     start = time.time()
+    finder = concept_finder(args) if concepts else None  # a missing SAM 3 fails before PAM loads
     pam = load_model(args, max_batch=args.max_batch, cache_size=0)
     if args.everything:
         results = pam.describe_everything(image, task=tasks, lang=args.lang, generation=generation, auto=auto,
                                           progress=progress_log(start))
+    elif concepts:
+        results = pam.find(image, concepts, task=tasks, lang=args.lang, threshold=args.find_threshold,
+                           max_instances=args.max_instances, generation=generation, sam3=finder,
+                           progress=progress_log(start))
     else:
         results = pam.describe(image, regions, task=tasks, lang=args.lang, generation=generation,
                                progress=progress_log(start))
@@ -89,8 +105,7 @@ def run(args) -> int:
     for stale in out.glob("mask_*.png"):
         if stale.name not in written:
             stale.unlink()
-    save_png(out / "overlay.png", draw_overlay(image, [(r.mask, r.box, r.fields.get("label") or r.text)
-                                                       for r in results]))
+    save_png(out / "overlay.png", draw_overlay(image, [(r.mask, r.box, _overlay_label(r)) for r in results]))
     write_json(out / "results.json", records)
     log(f"wrote {len(records)} region(s) to {out} in {time.time() - start:.1f} s")
     if args.json:

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import PromptError
+from ..errors import PromptError, VideoError
 from ..generation import GenerationSettings
 from ..io import mask_to_png, save_png, write_json
 from ..prompts import Region
@@ -25,11 +25,12 @@ def add_parser(commands) -> None:
     defaults = VideoSettings()
     parser = commands.add_parser(
         "describe-video",
-        parents=[common.prompt_options(video=True), common.model_options(), common.decoding_options(),
-                 common.sampling_options()],
+        parents=[common.prompt_options(video=True), common.concept_options(video=True), common.model_options(),
+                 common.decoding_options(), common.sampling_options()],
         help="track objects through a video and caption them per segment",
         description="Each --box and each --mask is one object; all --point options together form one object. "
-                    "A prompt sits on --frame, or on the frame given after '@'.")
+                    "A prompt sits on --frame, or on the frame given after '@'. --find instead makes every "
+                    "instance of a concept that SAM 3 finds on --frame an object (a box prompt there).")
     parser.add_argument("video", help="video file (mp4, webm, mov, ...), or a folder of frame images")
     parser.add_argument("--frame", type=int, default=defaults.frame,
                         help="frame the prompts sit on (default: %(default)s)")
@@ -73,9 +74,20 @@ def _prompts(args, settings: VideoSettings) -> list[VideoPrompt]:
     for text in args.mask:
         body, frame = _on_frame(text, settings.frame)
         prompts.append(VideoPrompt(Region.from_mask(body), frame))
-    if not prompts:
-        raise PromptError("give at least one object: --box, --point or --mask")
+    if prompts and args.find:
+        raise PromptError("--find finds the objects itself; drop --box, --point and --mask")
+    if not prompts and not args.find:
+        raise PromptError("give at least one object: --box, --point, --mask or --find")
     return prompts
+
+
+def _found_prompts(finder, source, args, concepts: list[str], frame: int) -> tuple[list[VideoPrompt], list[dict]]:
+    """Every instance SAM 3 finds on `frame` as a box prompt there, and its concept and score for results.json."""
+    image = next(image for index, image, _ in source.frames() if index == frame)
+    instances = finder.find(image, concepts, threshold=args.find_threshold, max_instances=args.max_instances)
+    common.log(f"found {len(instances)} instance(s) of {', '.join(concepts)} on frame {frame}")
+    return ([VideoPrompt(Region.from_box(i.box), frame) for i in instances],
+            [{"concept": i.concept, "concept_score": i.score} for i in instances])
 
 
 class OutputWriter:
@@ -116,28 +128,38 @@ def run(args) -> int:
     settings = common.settings_from(args, VideoSettings)
     generation = common.settings_from(args, GenerationSettings)
     prompts = _prompts(args, settings)
+    concepts = common.concepts_of(args)
     source = open_video(args.video, args.fps)
     info = source.info
     plan = plan_segments(info.num_frames, settings.segments, settings.window)
     common.log(f"{args.video}: {info.num_frames} frames, {info.width}x{info.height}, fps {info.fps or 'unknown'}")
+    if concepts and not 0 <= settings.frame < info.num_frames:
+        raise VideoError(f"--frame {settings.frame} is not a frame of the video (0-{info.num_frames - 1})")
 
     start = time.time()
+    finder = common.concept_finder(args) if concepts else None  # a missing SAM 3 fails before PAM loads
     pam = common.load_model(args)
+    found = [{}] * len(prompts)
+    if concepts:
+        prompts, found = _found_prompts(pam.concept_finder(finder), source, args, concepts, settings.frame)
     out = Path(args.out)
     writer = OutputWriter(out, args.png_masks)
-    try:
+    try:  # no instance found: no object to track, an empty result
         result = pam.describe_video(source, prompts, settings, generation=generation, on_frame=writer.frame,
-                                    on_caption=writer.caption, keep_frames=False, progress=common.progress_log(start))
+                                    on_caption=writer.caption, keep_frames=False,
+                                    progress=common.progress_log(start)) if prompts else None
     finally:
         writer.close()
     write_json(out / "results.json", {
         "video": str(args.video), "num_frames": info.num_frames, "width": info.width, "height": info.height,
         "fps": info.fps, "model": common.model_source(args).name, "task": settings.task, "lang": settings.lang,
         "carry": settings.carry,
-        "prompts": [{"object": i, "frame": p.frame, "prompt": p.region.kind} for i, p in enumerate(prompts)],
-        "segments": [[s.start, s.end] for s in plan], "captions": [c.to_dict() for c in result.captions],
+        "prompts": [{"object": i, "frame": p.frame, "prompt": p.region.kind, **concept}
+                    for i, (p, concept) in enumerate(zip(prompts, found))],
+        "segments": [[s.start, s.end] for s in plan],
+        "captions": [c.to_dict() for c in result.captions] if result else [],
         "tracks": "tracks.jsonl", "frames_written": writer.frames,
     })
-    common.log(f"wrote {writer.frames} frame(s) and {len(result.captions)} caption(s) to {out} "
+    common.log(f"wrote {writer.frames} frame(s) and {len(result.captions) if result else 0} caption(s) to {out} "
         f"in {time.time() - start:.1f} s")
     return 0

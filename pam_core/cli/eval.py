@@ -30,8 +30,8 @@ def add_parser(commands) -> None:
                        help="folder relative image paths start from (default: the JSONL's)")
         k.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N regions")
         k.add_argument("--batch", type=int, default=16, metavar="N",
-                       help="regions of one image decoded together; predictions are saved after each batch "
-                            "(default: %(default)s); video regions go one clip at a time")
+                       help="regions decoded together, of one image or several (an image with more goes in as "
+                            "groups of N) (default: %(default)s); video regions go one clip at a time")
         k.add_argument("--restart", action="store_true",
                        help="discard earlier predictions in --out instead of resuming")
         k.add_argument("--task", default=task, help="PAM task for the image regions' predictions (default: "
@@ -72,7 +72,7 @@ def run(args) -> int:
     eval_run = EvalRun.create(args.eval_kind, args.model, args.task, args.lang, settings)
     out = Path(args.out)
 
-    # the encoder pass of an image is cached for its next batch; images come one after the other
+    # image regions stream through the model N at a time, across images (PAM's max_batch); see runner.predict
     predictions = predict(records, out, eval_run, lambda: load_model(args, max_batch=args.batch, cache_size=1),
                           batch=args.batch, restart=args.restart, show_progress=not args.no_progress)
     embedder = SentenceEmbedder(args.embedder) if args.eval_kind == "recognition" else None

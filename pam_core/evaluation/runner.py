@@ -17,12 +17,14 @@ import hashlib
 import json
 import os
 import sys
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..generation import GenerationSettings
 from ..io import write_atomic, write_json
+from ..stream import StreamItem
 from ..tasks import VIDEO_CAPTION
 from .annotations import Annotation
 from .metrics import (
@@ -213,17 +215,24 @@ def _progress_bar(run: EvalRun, total: int, show: bool):
 
 def _describe_images(records: Sequence[Annotation], prompts: dict, run: EvalRun, pam, batch: int, append,
                      bar) -> None:
-    """Image regions in batches of one image's regions (SAM 2 encodes each image once)."""
-    settings = GenerationSettings(**run.generation)
-    for chunk in _chunks(records, batch):
-        try:
-            results = pam.describe(chunk[0].image, [prompts[r.id] for r in chunk], task=run.task, lang=run.lang,
-                                   generation=settings)
-        except ValueError as exc:  # pam_core's input errors: name the annotation
-            raise EvalError(f"annotation {chunk[0].id} ({chunk[0].image}): {exc}") from exc
-        append([{"id": r.id, "prediction": res.text, "source": "pam", **res.fields, "input": input_key(r)}
-                for r, res in zip(chunk, results)])
-        bar.update(len(chunk))
+    """Image regions through PAM's streaming engine: each image's regions (at most `batch` of them) go in as one
+    item, so SAM 2 encodes the image once, and the regions of many images decode together. Results come out as
+    they finish and are appended in item order, so predictions.jsonl reads as one call per image wrote it."""
+    chunks = _chunks(records, batch)
+    items = (StreamItem(chunk[0].image, [prompts[r.id] for r in chunk], id=chunk[0].id) for chunk in chunks)
+    stream = pam.describe_stream(items, task=run.task, lang=run.lang, generation=GenerationSettings(**run.generation))
+    finished, written = {}, 0
+    with closing(stream):  # an error or Ctrl-C stops the engine's reader threads too
+        for result in stream:
+            finished[result.index] = result
+            while written in finished:
+                result, chunk = finished.pop(written), chunks[written]
+                if not result.ok:  # pam_core's input errors: name the annotation
+                    raise EvalError(f"annotation {chunk[0].id} ({chunk[0].image}): {result.error}")
+                append([{"id": r.id, "prediction": res.text, "source": "pam", **res.fields, "input": input_key(r)}
+                        for r, res in zip(chunk, result.regions)])
+                bar.update(len(chunk))
+                written += 1
 
 
 def _describe_event(record: Annotation, prompt, run: EvalRun, pam, append, history: Optional[str]) -> None:

@@ -116,11 +116,12 @@ def test_failed_samples_are_recorded_and_an_interrupted_run_resumes(pam, images)
     steps = run_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam, max_new_tokens=TOKENS)
     assert next(steps) == (0, 4)
     assert next(steps) == (1, 4)
-    steps.close()  # interrupted after the first sample: what was done is kept
-    assert dataset.count("pam") == 1 and len(dataset.exists("pam")) == 1
+    steps.close()  # interrupted after the first sample to finish (images finish in any order): it is kept
+    described = len(dataset.exists("pam"))
+    assert described + len(dataset.exists("pam_error")) == 1
 
     summary = apply_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam, max_new_tokens=TOKENS)
-    assert (summary["skipped"], summary["samples"], summary["failed"]) == (1, 1, 2)
+    assert (summary["skipped"], summary["samples"], summary["failed"]) == (described, 2 - described, 2)
     errors = dict(zip(dataset.values("filepath"), dataset.values("pam_error")))
     assert "image file not found" in errors[str(missing)]
     assert "cannot read image" in errors[str(images[2])]
@@ -167,22 +168,6 @@ def test_masks_can_live_on_disk(pam, images, tmp_path):
     for detection in dataset.first().pam.detections:
         assert detection.mask is None and Path(detection.mask_path).is_file()
         assert detection.get_mask().any()
-
-
-def test_writes_are_batched(pam, images, monkeypatch):
-    dataset = boxes_dataset([images[0]] * 3, "pam-batched", shapes=("rectangle", "disc"))
-    writes = []
-    collection = dataset._sample_collection
-    original = type(collection).bulk_write
-
-    def counting_bulk_write(self, requests, *args, **kwargs):
-        writes.append(len(requests))
-        return original(self, requests, *args, **kwargs)
-
-    monkeypatch.setattr(type(collection), "bulk_write", counting_bulk_write)
-    apply_pam(dataset, prompt_field="ground_truth", tasks="category", model=pam, max_new_tokens=TOKENS)
-    assert writes == [3], writes  # 3 samples x 2 regions in one round trip
-    assert dataset.count("pam.detections") == 6
 
 
 def test_bad_arguments_fail_before_any_work(pam, images):
