@@ -237,8 +237,10 @@ def _many(tmp_path, count: int):
 
 
 def _child(manifest, out, stderr, start=subprocess.Popen):
+    """A run in a child process. One decoding row at a time, so that images finish one by one (decoded together,
+    they all finish in the same step, and there is no moment between them to stop the run at)."""
     command = [sys.executable, "-m", "pam_core.cli", "describe-dataset", manifest, "--out", out, *MODEL_ARGS,
-               "--part-size", "2"]
+               "--part-size", "2", "--max-batch", "1"]
     return start([str(a) for a in command], stdout=subprocess.DEVNULL, stderr=stderr)
 
 
