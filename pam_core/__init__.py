@@ -6,6 +6,7 @@ from .concepts import ConceptFinder, ConceptInstance
 from .engine import PAM, FeatureCache
 from .errors import (
     CheckpointError,
+    DatasetError,
     DependencyError,
     DeviceError,
     ImageError,
@@ -28,7 +29,7 @@ __all__ = [
     "TASK_NAMES", "LANGUAGES",
     "ConceptFinder", "ConceptInstance",
     "PAMError", "CheckpointError", "DependencyError", "DeviceError", "ImageError", "PromptError", "SettingsError",
-    "TaskError", "WeightsNotFoundError",
+    "TaskError", "WeightsNotFoundError", "DatasetError",
     "VideoError", "VideoPrompt", "VideoResult", "VideoSettings", "ModelSource", "load_pam",
     "StreamItem", "StreamProgress", "StreamResult",
 ]

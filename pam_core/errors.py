@@ -39,3 +39,7 @@ class DependencyError(PAMError, ImportError):
 
 class VideoError(PAMError, ValueError):
     """The video cannot be read, has no frames, or a segment does not fit it."""
+
+
+class DatasetError(PAMError, ValueError):
+    """A dataset source (folder, glob, manifest) or output folder cannot be used; the message names the line."""

@@ -278,6 +278,14 @@ class _Stream:
         return StreamResult(item.index, item.id, regions, item.size)
 
 
+def check_stream_settings(max_batch: Optional[int], encoder_batch: Optional[int], workers: int,
+                          lookahead: int) -> None:
+    """The stream's sizes are all >= 1 (None: chosen for the device). Callers check them before a model loads."""
+    if any(v is not None and v < 1 for v in (max_batch, encoder_batch, workers, lookahead)):
+        raise SettingsError(f"max_batch, encoder_batch, workers and lookahead must be >= 1, got {max_batch}, "
+                            f"{encoder_batch}, {workers} and {lookahead}")
+
+
 def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
                     lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
@@ -296,9 +304,7 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     the current decoding step, and what finished has been yielded. `find_concepts` finds the instances of the
     items' `concepts` (called in the model's thread, once per image with concepts).
     """
-    if max_batch < 1 or workers < 1 or lookahead < 1 or (encoder_batch is not None and encoder_batch < 1):
-        raise SettingsError(f"max_batch, encoder_batch, workers and lookahead must be >= 1, got {max_batch}, "
-                            f"{encoder_batch}, {workers} and {lookahead}")
+    check_stream_settings(max_batch, encoder_batch, workers, lookahead)
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
     stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder, find_concepts)

@@ -37,8 +37,8 @@ def test_console_script_runs_main():
     assert script.value == "pam_core.cli:main" and script.load() is main
 
 
-@pytest.mark.parametrize("command", [["describe"], ["describe-video"], ["parity"], ["eval", "recognition"],
-                                     ["eval", "caption"], ["eval", "convert"], ["search"]])
+@pytest.mark.parametrize("command", [["describe"], ["describe-dataset"], ["describe-video"], ["parity"],
+                                     ["eval", "recognition"], ["eval", "caption"], ["eval", "convert"], ["search"]])
 def test_help_of_every_command(pam_cli, command):
     with pytest.raises(SystemExit) as exit_:
         pam_cli(*command, "--help")

@@ -15,17 +15,20 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import TypeVar
 
+from ..automask import ORDERS, AutoMaskSettings
 from ..checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, DEFAULT_SAM3
 from ..concepts import DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, ConceptFinder, check_find_settings, checked_concepts
 from ..concepts import concept_finder as load_concept_finder
 from ..engine import PAM
-from ..errors import PromptError
+from ..errors import PromptError, SettingsError
 from ..generation import GenerationSettings
 from ..loading import ModelSource, load_pam
 from ..progress import Progress
 from ..prompts import Region
+from ..tasks import LANGUAGES, resolve_tasks
 
 DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_TASK = "category"  # of the image commands
 Settings = TypeVar("Settings")
 
 
@@ -133,6 +136,64 @@ def sampling_options() -> argparse.ArgumentParser:
     group.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
                        help="with --sample: nucleus sampling (default: off)")
     group.add_argument("--seed", type=int, default=defaults.seed, help="with --sample: for reproducible texts")
+    return parser
+
+
+def task_options() -> argparse.ArgumentParser:
+    """--task (repeatable) and --lang of the image commands; `checked_tasks` reads them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--task", action="append", default=None,
+                        help=f"category | definition | brief | detailed | a free instruction in quotes (default: "
+                             f"{DEFAULT_TASK}); repeat for several texts per region")
+    parser.add_argument("--lang", default="en", choices=LANGUAGES, help="language of the task prompt (default: en)")
+    return parser
+
+
+def checked_tasks(args: argparse.Namespace) -> list[str]:
+    """The --task values (default: category), checked against --lang before any model loads."""
+    tasks = args.task or [DEFAULT_TASK]
+    resolve_tasks(tasks, args.lang)
+    return tasks
+
+
+def batch_options() -> argparse.ArgumentParser:
+    """--max-batch: the (region, task) rows decoded together, passed to `load_model`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--max-batch", type=int, default=None, metavar="N",
+                        help="(region, task) sequences decoded together (default: 16 on the CPU, from free memory "
+                             "on a GPU)")
+    return parser
+
+
+def checked_max_batch(args: argparse.Namespace) -> int | None:
+    if args.max_batch is not None and args.max_batch < 1:
+        raise SettingsError(f"--max-batch must be >= 1, got {args.max_batch}")
+    return args.max_batch
+
+
+def everything_options() -> argparse.ArgumentParser:
+    """--everything and the AutoMaskSettings it runs with (SAM 2's automatic mask generation)."""
+    defaults = AutoMaskSettings()
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group(
+        "describe everything", "--everything finds the regions with SAM 2's automatic mask generation; the other "
+                               "options here tune it (defaults: pam_core.AutoMaskSettings)")
+    group.add_argument("--everything", action="store_true", help="no prompt: find the objects and describe each")
+    group.add_argument("--max-regions", type=int, default=defaults.max_regions, metavar="N",
+                       help="at most N regions (default: %(default)s)")
+    group.add_argument("--order", default=defaults.order, choices=ORDERS,
+                       help="keep the largest regions or those SAM 2 is surest of (default: %(default)s)")
+    group.add_argument("--points-per-side", type=int, default=defaults.points_per_side, metavar="N",
+                       help="N x N grid of point prompts (default: %(default)s; SAM 2's own generator uses 32, "
+                            "4x slower)")
+    group.add_argument("--pred-iou-thresh", type=float, default=defaults.pred_iou_thresh, metavar="T",
+                       help="keep masks whose predicted IoU is above T (default: %(default)s)")
+    group.add_argument("--stability-score-thresh", type=float, default=defaults.stability_score_thresh, metavar="T",
+                       help="keep masks whose stability score is at least T (default: %(default)s)")
+    group.add_argument("--box-nms-thresh", type=float, default=defaults.box_nms_thresh, metavar="T",
+                       help="drop a mask whose box overlaps a better one's by an IoU above T (default: %(default)s)")
+    group.add_argument("--min-area", type=float, default=defaults.min_area, metavar="F",
+                       help="drop masks smaller than this fraction of the image (default: %(default)s)")
     return parser
 
 

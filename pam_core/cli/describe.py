@@ -5,23 +5,25 @@ Output folder: `mask_NNN.png` per region, `overlay.png`, and `results.json` last
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from ..automask import ORDERS, AutoMaskSettings
-from ..errors import PromptError, SettingsError
+from ..automask import AutoMaskSettings
+from ..errors import PromptError
 from ..generation import GenerationSettings
 from ..io import draw_overlay, load_image, mask_to_png, save_png, write_json
 from ..prompts import Region
-from ..tasks import LANGUAGES, resolve_tasks
 from .common import (
+    batch_options,
     box_region,
+    checked_max_batch,
+    checked_tasks,
     concept_finder,
     concept_options,
     concepts_of,
     decoding_options,
+    everything_options,
     load_model,
     log,
     model_options,
@@ -31,54 +33,21 @@ from .common import (
     prompt_options,
     sampling_options,
     settings_from,
+    task_options,
 )
-
-DEFAULT_TASK = "category"
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "describe", parents=[prompt_options(), concept_options(), model_options(), decoding_options(),
-                             sampling_options()],
+                             sampling_options(), task_options(), batch_options(), everything_options()],
         help="segment and describe regions of an image",
         description="Each --box and each --mask is one region; all --point options together form one region; "
                     "--everything finds the regions itself, and so does --find (every instance of a concept).")
     parser.add_argument("image", help="image file (PNG, JPEG, TIFF, ...)")
-    parser.add_argument("--task", action="append", default=None,
-                        help=f"category | definition | brief | detailed | a free instruction in quotes (default: "
-                             f"{DEFAULT_TASK}); repeat for several texts per region")
-    parser.add_argument("--lang", default="en", choices=LANGUAGES, help="language of the task prompt (default: en)")
-    parser.add_argument("--max-batch", type=int, default=None, metavar="N",
-                        help="(region, task) sequences decoded together (default: 16 on the CPU, from free memory "
-                             "on a GPU)")
     parser.add_argument("--out", required=True, help="output folder: results.json, mask_NNN.png, overlay.png")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON on stdout")
-    _add_everything_options(parser)
     parser.set_defaults(run=run)
-
-
-def _add_everything_options(parser: argparse.ArgumentParser) -> None:
-    """--everything and the AutoMaskSettings it runs with (SAM 2's automatic mask generation)."""
-    defaults = AutoMaskSettings()
-    group = parser.add_argument_group(
-        "describe everything", "--everything finds the regions with SAM 2's automatic mask generation; the other "
-                               "options here tune it (defaults: pam_core.AutoMaskSettings)")
-    group.add_argument("--everything", action="store_true", help="no prompt: find the objects and describe each")
-    group.add_argument("--max-regions", type=int, default=defaults.max_regions, metavar="N",
-                       help="at most N regions (default: %(default)s)")
-    group.add_argument("--order", default=defaults.order, choices=ORDERS,
-                       help="keep the largest regions or those SAM 2 is surest of (default: %(default)s)")
-    group.add_argument("--points-per-side", type=int, default=defaults.points_per_side, metavar="N",
-                       help="N x N grid of point prompts (default: %(default)s; SAM 2's own generator uses 32, "
-                            "4x slower)")
-    group.add_argument("--pred-iou-thresh", type=float, default=defaults.pred_iou_thresh, metavar="T",
-                       help="keep masks whose predicted IoU is above T (default: %(default)s)")
-    group.add_argument("--stability-score-thresh", type=float, default=defaults.stability_score_thresh, metavar="T",
-                       help="keep masks whose stability score is at least T (default: %(default)s)")
-    group.add_argument("--box-nms-thresh", type=float, default=defaults.box_nms_thresh, metavar="T",
-                       help="drop a mask whose box overlaps a better one's by an IoU above T (default: %(default)s)")
-    group.add_argument("--min-area", type=float, default=defaults.min_area, metavar="F",
-                       help="drop masks smaller than this fraction of the image (default: %(default)s)")
 
 
 def _regions(args) -> list[Region]:
@@ -102,12 +71,10 @@ def _overlay_label(result) -> str:
 
 def run(args) -> int:
     # every bad option and input fails before the slow model load
-    tasks = args.task or [DEFAULT_TASK]
-    resolve_tasks(tasks, args.lang)
+    tasks = checked_tasks(args)
     auto = settings_from(args, AutoMaskSettings)
     generation = settings_from(args, GenerationSettings)
-    if args.max_batch is not None and args.max_batch < 1:
-        raise SettingsError(f"--max-batch must be >= 1, got {args.max_batch}")
+    checked_max_batch(args)
     image = load_image(args.image)
     regions = [region.validated(image.width, image.height) for region in _regions(args)]
     concepts = concepts_of(args)

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..errors import PAMError
-from . import describe, describe_video, eval, parity, search
+from . import describe, describe_dataset, describe_video, eval, parity, search
 
-COMMANDS = (describe, describe_video, parity, eval, search)  # each adds its parser, whose `run` default runs it
+# each adds its parser, whose `run` default runs it
+COMMANDS = (describe, describe_dataset, describe_video, parity, eval, search)
 
 
 def build_parser() -> argparse.ArgumentParser:
