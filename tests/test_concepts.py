@@ -243,6 +243,36 @@ def test_cli_describe_find_writes_each_concept(pam_cli, cli_files, synthetic_pam
     assert np.array_equal(overlay, np.asarray(labelled))  # each region written as "concept: label"
 
 
+def test_cli_describe_dataset_find_writes_each_concept(pam_cli, cli_files, synthetic_pam, finder, tmp_path):
+    """`pam describe-dataset --find`: rows without regions get SAM 3's instances, with their concept as the prompt;
+    rows with regions keep theirs; --find with --everything is refused."""
+    import pyarrow.dataset as ds
+
+    image, model_args = cli_files
+    threshold = threshold_for_all(finder, 2)
+    manifest = tmp_path / "images.jsonl"
+    manifest.write_text(json.dumps({"image": str(image), "id": "found"}) + "\n"
+                        + json.dumps({"image": str(image), "id": "boxed", "regions": [{"box": [20, 30, 70, 100]}]})
+                        + "\n")
+    find = ["--find", CONCEPTS[0], "--find", CONCEPTS[1], "--find-threshold", threshold, "--max-instances", "1"]
+    proc = pam_cli("describe-dataset", manifest, *model_args, *find, "--task", "category", "--out", tmp_path / "out",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["id"], r["region"]): r for r in ds.dataset(tmp_path / "out").to_table().to_pylist()}
+    want = synthetic_pam.find(IMAGE, CONCEPTS, threshold=threshold, max_instances=1,
+                              generation=GenerationSettings(max_new_tokens=4, repetition_penalty=1.0))
+    assert sorted(k for k in rows if k[0] == "found") == [("found", i) for i in range(len(want))]
+    for result in want:
+        row = rows["found", result.index]
+        assert (row["concept"], row["concept_score"]) == (result.concept, result.concept_score)
+        assert json.loads(row["prompt"]) == {"find": result.concept}
+        assert row["text_category"] == result.texts["category"]
+    boxed = rows["boxed", 0]
+    assert json.loads(boxed["prompt"]) == {"box": [20, 30, 70, 100]} and boxed["concept"] is None
+    assert "give one" in pam_cli.error("describe-dataset", manifest, *model_args, *find, "--everything", "--out",
+                                       tmp_path / "other")
+
+
 def test_cli_find_errors_are_messages(pam_cli, cli_files, tmp_path):
     image, model_args = cli_files
     assert "concept 1 is empty" in pam_cli.error("describe", image, *model_args, "--find", " ", "--out", tmp_path)

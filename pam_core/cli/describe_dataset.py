@@ -17,6 +17,7 @@ from pathlib import Path
 from ..automask import AutoMaskSettings
 from ..datasets import FORMATS, PART_IMAGES, DatasetOutput, DatasetSource, SourceRow, image_rows, open_source
 from ..engine import PAM
+from ..errors import SettingsError
 from ..generation import GenerationSettings
 from ..stream import StreamProgress, check_stream_settings, describe_stream
 from ..tasks import resolve_tasks
@@ -29,11 +30,12 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "describe-dataset",
         parents=[common.model_options(), common.decoding_options(), common.sampling_options(), common.task_options(),
-                 common.batch_options(), common.everything_options()],
+                 common.batch_options(), common.everything_options(), common.concept_options()],
         help="describe every image of a folder, glob or manifest into Parquet (or JSONL), resumably",
         description="SOURCE is a folder (searched recursively for image files), a glob in quotes, or a manifest "
                     "(.jsonl, .csv, .parquet) with one row per image: 'image', optional 'id' and optional "
-                    "'regions'. Images without regions need --everything. The same command again resumes.")
+                    "'regions'. Images without regions need --everything or --find. The same command again "
+                    "resumes.")
     parser.add_argument("source", metavar="SOURCE",
                         help="folder, glob ('photos/**/*.jpg') or manifest (.jsonl, .ndjson, .csv, .parquet)")
     parser.add_argument("--out", required=True, metavar="DIR",
@@ -49,6 +51,9 @@ def add_parser(commands) -> None:
                        help="images read ahead of the model (default: %(default)s)")
     group.add_argument("--encoder-batch", type=int, default=None, metavar="N",
                        help="images SAM 2 encodes together (default: 1 on the CPU, 8 on a GPU)")
+    group.add_argument("--compile", action="store_true",
+                       help="decode with torch.compile'd LLM steps: the first batch compiles (about a minute on a "
+                            "GPU), then decoding is faster; the same tokens in float32")
     parser.set_defaults(run=run)
 
 
@@ -58,13 +63,18 @@ def run(args) -> int:
     generation = common.settings_from(args, GenerationSettings)
     auto = common.settings_from(args, AutoMaskSettings)
     check_stream_settings(common.checked_max_batch(args), args.encoder_batch, args.workers, args.lookahead)
-    # Rows without regions get them from an automatic mode; --everything is the one there is so far.
-    source = open_source(args.source, needs_regions=not args.everything)
+    concepts = common.concepts_of(args)
+    if concepts and args.everything:
+        raise SettingsError("--find and --everything both find the regions of rows without any: give one")
+    # Rows without regions get them from an automatic mode: --everything (SAM 2) or --find (SAM 3).
+    source = open_source(args.source, needs_regions=not (args.everything or concepts))
     ids = source.check()
     task_keys = [task.key for task in resolve_tasks(tasks, args.lang)]
     model = common.model_source(args).name
     settings = {"tasks": task_keys, "lang": args.lang, "model": model, "dtype": args.dtype,
-                "generation": asdict(generation), "everything": asdict(auto) if args.everything else None}
+                "generation": asdict(generation), "everything": asdict(auto) if args.everything else None,
+                "find": {"concepts": concepts, "threshold": args.find_threshold, "max_instances": args.max_instances,
+                         "sam3": args.sam3} if concepts else None}
 
     start = time.time()
     with DatasetOutput(Path(args.out), task_keys, args.format, settings, args.part_size) as output:
@@ -74,15 +84,17 @@ def run(args) -> int:
         common.log(f"{len(ids)} image(s) in {source.kind} {args.source}: {len(ids) - todo} described earlier, "
                    f"{todo} to describe")
         if todo:
-            pam = common.load_model(args, max_batch=args.max_batch, cache_size=0)
-            _describe(pam, source, output, todo, args, tasks, generation, auto, model, task_keys, start)
+            pam = common.load_model(args, max_batch=args.max_batch, cache_size=0, compile_decoder=args.compile)
+            if concepts:
+                pam.sam3 = common.concept_finder(args)
+            _describe(pam, source, output, todo, args, tasks, generation, auto, concepts, model, task_keys, start)
     if output.succeed(ids):
         common.log(f"every image has its rows: wrote {Path(args.out) / '_SUCCESS'}")
     return 0
 
 
 def _describe(pam: PAM, source: DatasetSource, output: DatasetOutput, todo: int, args, tasks, generation, auto,
-              model: str, task_keys: list[str], start: float) -> None:
+              concepts: list[str], model: str, task_keys: list[str], start: float) -> None:
     """The images without rows through the stream, each one's rows into the journal as soon as it finishes."""
     from tqdm import tqdm
 
@@ -91,7 +103,7 @@ def _describe(pam: PAM, source: DatasetSource, output: DatasetOutput, todo: int,
     def items():
         for index, row in enumerate(row for row in source.rows() if row.id not in output.finished):
             pending[index] = row
-            yield row.stream_item()
+            yield row.stream_item(concepts)
 
     done = {"images": 0, "regions": 0, "failed": 0}
     with tqdm(total=todo, desc="describe-dataset", unit="image", file=sys.stderr, dynamic_ncols=True,
@@ -101,7 +113,8 @@ def _describe(pam: PAM, source: DatasetSource, output: DatasetOutput, todo: int,
 
         stream = pam.describe_stream(items(), task=tasks, lang=args.lang, generation=generation, auto=auto,
                                      encoder_batch=args.encoder_batch, workers=args.workers,
-                                     lookahead=args.lookahead, progress=progress)
+                                     lookahead=args.lookahead, progress=progress,
+                                     find_threshold=args.find_threshold, max_instances=args.max_instances)
         try:
             for result in stream:
                 row = pending.pop(result.index)

@@ -49,7 +49,7 @@ def text_column(task_key: str) -> str:
 
 def output_columns(task_keys: Sequence[str]) -> list[str]:
     return ["id", "image", "region", "prompt", "box", "mask_rle", "mask_score", "object_score", "lang", "model",
-            *map(text_column, task_keys), *FIELD_COLUMNS, "error"]
+            *map(text_column, task_keys), *FIELD_COLUMNS, "concept", "concept_score", "error"]
 
 
 def output_schema(task_keys: Sequence[str]):
@@ -59,7 +59,8 @@ def output_schema(task_keys: Sequence[str]):
 
     types = {"id": pa.string(), "image": pa.string(), "region": pa.int32(), "prompt": pa.string(),
              "box": pa.list_(pa.float64()), "mask_rle": pa.string(), "mask_score": pa.float64(),
-             "object_score": pa.float64(), "lang": pa.string(), "model": pa.string(), "error": pa.string()}
+             "object_score": pa.float64(), "lang": pa.string(), "model": pa.string(), "concept_score": pa.float64(),
+             "error": pa.string()}
     return pa.schema([pa.field(name, types.get(name, pa.string()), nullable=name not in ("id", "image"))
                       for name in output_columns(task_keys)])
 
@@ -77,8 +78,11 @@ def image_rows(result: StreamResult, row: SourceRow, model: str, lang: str, task
     for region in result.regions:
         height, width = region.mask.shape
         rle = to_compressed(mask_to_rle(region.mask), height, width)
+        # a region SAM 3 found for a --find concept records the concept as its prompt
+        prompt = {"find": region.concept} if region.concept is not None else row.prompt(region.index)
         rows.append(base | {
-            "region": region.index, "prompt": json.dumps(row.prompt(region.index), ensure_ascii=False),
+            "region": region.index, "prompt": json.dumps(prompt, ensure_ascii=False),
+            "concept": region.concept, "concept_score": region.concept_score,
             "box": list(region.box) if region.box is not None else None, "mask_rle": json.dumps(rle),
             "mask_score": region.mask_score, "object_score": region.object_score, "lang": region.lang,
             **{text_column(key): text for key, text in region.texts.items()},

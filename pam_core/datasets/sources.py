@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import DatasetError, PAMError
 from ..prompts import as_region
@@ -37,8 +37,11 @@ class SourceRow:
     prompts: Optional[tuple[dict, ...]]  # as given in the source: what the output's `prompt` column records
     regions: Optional[tuple[dict, ...]]  # the same with mask files resolved from the manifest's folder
 
-    def stream_item(self) -> StreamItem:
-        return StreamItem(self.image, None if self.regions is None else list(self.regions), id=self.id)
+    def stream_item(self, concepts: Optional[Sequence[str]] = None) -> StreamItem:
+        """The row for the stream; a row without regions gets `concepts` to find, when given."""
+        if self.regions is None:
+            return StreamItem(self.image, None, id=self.id, concepts=list(concepts) if concepts else None)
+        return StreamItem(self.image, list(self.regions), id=self.id)
 
     def prompt(self, region: int) -> dict:
         return AUTO_PROMPT if self.prompts is None else self.prompts[region]
