@@ -14,6 +14,7 @@ from pam_core.errors import SettingsError, VideoError
 from pam_core.tasks import Tasks
 
 from .core import DEFAULT_MAX_REGIONS, DEFAULT_TASKS, ImageRequest, ModelRef, describe_sample
+from .model_base import UnbatchedModel
 from .video import (
     automatic_prompt_labels,
     captioned_frames,
@@ -26,7 +27,7 @@ from .video import (
 MEDIA_TYPES = ("image", "video")
 
 
-class PAMRegionModel(fom.SamplesMixin, fom.Model):
+class PAMRegionModel(fom.SamplesMixin, UnbatchedModel):
     """PAM's regions as `fo.Detections` with mask, category and texts per region.
 
     With `prompt_field=` (a Detections, Keypoints or Polylines field, passed to `apply_model`) those labels
@@ -66,7 +67,6 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
         model_ref = ModelRef.of(model, sam2, device, dtype, local_files_only)
         self.model_name = model_ref.name
         self.pam = model_ref.load()
-        self._preprocess = False
 
     @property
     def media_type(self):
@@ -85,22 +85,6 @@ class PAMRegionModel(fom.SamplesMixin, fom.Model):
         if self._media_type == "video" and prompt_field and not prompt_field.startswith("frames."):
             fields["prompt_field"] = f"frames.{prompt_field}"
         self._fields = fields
-
-    @property
-    def ragged_batches(self):
-        return False
-
-    @property
-    def transforms(self):
-        return None
-
-    @property
-    def preprocess(self):
-        return self._preprocess
-
-    @preprocess.setter
-    def preprocess(self, value):
-        self._preprocess = value
 
     def predict(self, arg, sample=None):
         """An image (path, array or PIL image) or, for a video model, the video reader FiftyOne passes (or a

@@ -24,6 +24,7 @@ import fiftyone.zoo as foz
 from pam_core.text_search import SearchError, SentenceEmbedder, region_text, text_parts
 
 from .labels import REGION_TEXT_ATTRIBUTES, region_texts
+from .model_base import UnbatchedModel
 
 TEXT_MODEL = "pam-suite/region-text-embedder"  # its zoo name, in zoo/manifest.json
 ZOO_SOURCE = Path(__file__).resolve().parent / "zoo"
@@ -33,7 +34,7 @@ DEFAULT_K = 25
 log = logging.getLogger(__name__)
 
 
-class RegionTextModel(fom.Model, fom.PromptMixin):
+class RegionTextModel(UnbatchedModel, fom.PromptMixin):
     """Sentence embeddings of region texts and of text queries (prompts), for a Brain index over PAM patches.
 
     `model`: a sentence-transformers folder, or a Hub id already in the Hugging Face cache (this model never
@@ -45,27 +46,10 @@ class RegionTextModel(fom.Model, fom.PromptMixin):
                  device: str = "cpu"):
         self.parts = text_parts(text)
         self.embedder = SentenceEmbedder(model, device=device, local_files_only=True)
-        self._preprocess = False
 
     @property
     def media_type(self):
         return "image"
-
-    @property
-    def ragged_batches(self):
-        return False
-
-    @property
-    def transforms(self):
-        return None
-
-    @property
-    def preprocess(self):
-        return self._preprocess
-
-    @preprocess.setter
-    def preprocess(self, value):
-        self._preprocess = value
 
     def predict(self, arg):
         raise ValueError(f"{TEXT_MODEL} embeds region texts and text queries, not images: build its index with "
