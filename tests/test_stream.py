@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import FIXTURE, needs_fixture
-from pam_core import PAM, AutoMaskSettings, GenerationSettings, Region, SettingsError, StreamItem
+from pam_core import PAM, AutoMaskSettings, GenerationSettings, PromptError, Region, SettingsError, StreamItem
 
 pytestmark = needs_fixture
 SETTINGS = GenerationSettings(max_new_tokens=10)
@@ -106,6 +106,30 @@ def test_per_image_task_and_language(pam, images):
     _same([expected], results[1].regions)
     [bad] = pam.describe_stream([StreamItem(images[1], REGIONS[1], task="no-such-task")], generation=SETTINGS)
     assert "no-such-task" in bad.error
+
+
+def test_regions_given_as_a_function_of_the_image_size(pam):
+    """Prompts in relative coordinates (as FiftyOne's labels): a function of (width, height) the reader calls once
+    it has the image; it gives what the same prompts in pixels give, and its PAMError is the image's error."""
+    sizes = []
+
+    def relative(width, height):
+        sizes.append((width, height))
+        return [Region.from_box([0.125 * width, 0.25 * height, 0.40625 * width, 0.6875 * height])]
+
+    def refused(width, height):
+        raise PromptError(f"no region fits a {width}x{height} image")
+
+    image = FIXTURE / "inputs" / "image.png"  # 640x480
+    items = [StreamItem(image, relative, id="relative"), StreamItem(image, refused, id="refused"),
+             StreamItem(image, [Region.from_box([80, 120, 260, 330])], id="pixels"),
+             StreamItem(image, lambda width, height: [], id="no regions")]
+    results = {r.id: r for r in pam.describe_stream(items, task="category", generation=SETTINGS)}
+    assert sizes == [(640, 480)]
+    assert results["refused"].error == "no region fits a 640x480 image" and results["pixels"].ok
+    assert results["no regions"].ok and results["no regions"].regions == []
+    [sized], [pixels] = results["relative"].regions, results["pixels"].regions
+    assert sized.token_ids == pixels.token_ids and np.array_equal(sized.mask, pixels.mask)
 
 
 def test_progress_counts_images_and_regions(pam, images):
