@@ -178,12 +178,16 @@ def draw_overlay(image: Image.Image, regions: Iterable[OverlayRegion]) -> Image.
 
 
 def write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see a partial file."""
+    """Write through a temporary file in the same folder, then rename: readers never see a partial file. The
+    file gets the permissions a plain `open` would give it (mkstemp makes it private to its owner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

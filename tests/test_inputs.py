@@ -6,6 +6,8 @@ fixture image and one multi-region describe call are module fixtures that severa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from PIL import Image
 from helpers import FIXTURE, needs_fixture
 from pam_core import PAM, GenerationSettings, Region
 from pam_core.checkpoint import resolve_sam2, sam2_config_path
-from pam_core.io import load_image, load_mask
+from pam_core.io import load_image, load_mask, write_atomic, write_json
 from pam_core.tasks import parse_output, resolve_task
 
 IMAGE = FIXTURE / "inputs" / "image.png"
@@ -316,3 +318,24 @@ def test_parse_category_and_caption_output():
     assert parse_output(resolve_task("category"), "Spoon.") == {"label": "Spoon"}
     assert parse_output(resolve_task("brief"), "A spoon on a table.") == {}
     assert parse_output(resolve_task("describe the colour of it"), "Red.") == {}
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    """Outputs written through a temporary file (results.json, part files) are readable as the umask allows, not
+    private like mkstemp's files, and a failed write leaves neither the file nor its temporary file."""
+    import os
+
+    def fails(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "results.json", {"ok": True})
+        open(tmp_path / "plain.txt", "w").close()
+        assert (tmp_path / "results.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+        with pytest.raises(RuntimeError):
+            write_atomic(tmp_path / "broken.json", fails)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "results.json"]
+    finally:
+        os.umask(umask)

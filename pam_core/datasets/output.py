@@ -167,7 +167,7 @@ class DatasetOutput:
         """`_SUCCESS`, when every id of the source has its rows in a part (call after `close`)."""
         if self._journal is not None or not all(i in self.finished for i in ids):
             return False
-        write_atomic(self.folder / SUCCESS_FILE, _share)
+        write_atomic(self.folder / SUCCESS_FILE, lambda tmp: Path(tmp).write_text(""))
         return True
 
     # ------------------------------------------------------------------------------------------------ write
@@ -244,7 +244,6 @@ class DatasetOutput:
             with open(path, "w", encoding="utf-8") as out:
                 for row in rows:
                     out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
-        _share(path)
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -271,7 +270,8 @@ class DatasetOutput:
             if self.parts():
                 raise DatasetError(f"{self.folder} holds part files but no {SETTINGS_FILE}: not an output folder "
                                    "of pam describe-dataset, or a damaged one; use another --out")
-            write_atomic(path, lambda tmp: _share(tmp, json.dumps(self.settings, indent=2) + "\n"))
+            write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(self.settings, indent=2) + "\n",
+                                                                 encoding="utf-8"))
             return
         try:
             before = json.loads(path.read_text(encoding="utf-8"))
@@ -316,15 +316,6 @@ def _journal_rows(journal: Path) -> tuple[list[dict], int]:
             raise DatasetError(f"journal {journal} line {number} is damaged ({exc}); move the journal away to "
                                "describe its images again") from None
     return rows, len(complete)
-
-
-def _share(path, text: str = "") -> None:
-    """`path` with `text`, readable as the umask allows (temporary files are created private)."""
-    if text:
-        Path(path).write_text(text, encoding="utf-8")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:
