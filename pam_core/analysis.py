@@ -38,6 +38,10 @@ class RegionResult:
     concept_score: Optional[float] = None
     concept_mask: Optional[np.ndarray] = field(default=None, repr=False)
 
+    def found_as(self, instance) -> None:
+        """This region is SAM 3's `instance` (a `ConceptInstance`): record its concept, score and mask."""
+        self.concept, self.concept_score, self.concept_mask = instance.concept, instance.score, instance.mask
+
     @property
     def task(self) -> str:
         """The first requested task."""

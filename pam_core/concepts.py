@@ -20,7 +20,7 @@ import torch
 from .checkpoint import DEFAULT_SAM3, resolve_sam3_dir
 from .errors import CheckpointError, DependencyError, PromptError, SettingsError
 from .io import ImageLike, load_image
-from .prompts import Box
+from .prompts import Box, Region
 
 # SAM 3's own defaults for instance segmentation (transformers' examples, ComfyUI's SAM3 Detect).
 DEFAULT_THRESHOLD = 0.5
@@ -42,6 +42,10 @@ class ConceptInstance:
     box: Box
     score: float
     mask: np.ndarray = field(repr=False)
+
+    def region(self, width: int, height: int) -> Region:
+        """The box prompt PAM describes this instance by, checked against a width x height image."""
+        return Region.from_box(self.box).validated(width, height)
 
 
 def checked_concepts(concepts: Concepts) -> list[str]:

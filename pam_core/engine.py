@@ -186,11 +186,11 @@ class PAM:
         if progress:
             progress(0, 0, f"finding {', '.join(names)}")
         instances = finder.find(pil, names, threshold=threshold, max_instances=max_instances)
-        regions = [Region.from_box(i.box).validated(features.width, features.height) for i in instances]
+        regions = [instance.region(features.width, features.height) for instance in instances]
         results = self._describe_regions(features, regions, ["concept"] * len(regions), tasks, lang, generation,
                                          progress)
         for result, instance in zip(results, instances):
-            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
+            result.found_as(instance)
         return results
 
     def concept_finder(self, sam3: Sam3Like = None) -> ConceptFinder:

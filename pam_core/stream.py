@@ -227,7 +227,7 @@ class _Stream:
             if item.concepts:
                 instances = self.find_concepts(item.image, item.concepts)
                 item.image = None
-                regions = [Region.from_box(i.box).validated(feats.width, feats.height) for i in instances]
+                regions = [instance.region(feats.width, feats.height) for instance in instances]
                 prompts = ["concept"] * len(regions)
             elif item.regions is None:
                 regions = object_regions(self.model.segmenter, feats, self.auto)
@@ -274,7 +274,7 @@ class _Stream:
                                  [flight.generations[r, t] for t in range(len(item.tasks))], item.lang)
                    for r, analysis in enumerate(flight.analyses)]
         for result, instance in zip(regions, flight.instances or ()):
-            result.concept, result.concept_score, result.concept_mask = instance.concept, instance.score, instance.mask
+            result.found_as(instance)
         return StreamResult(item.index, item.id, regions, item.size)
 
 
