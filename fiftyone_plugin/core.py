@@ -35,6 +35,7 @@ from pam_core.stream import StreamItem
 from pam_core.tasks import Tasks
 
 from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
+from .shards import Shard
 from .similarity import compute_pam_similarity
 from .video import (
     captions_field,
@@ -187,6 +188,8 @@ class RunContext:
     overwrite: bool
     generation: GenerationSettings
     mask_dir: Optional[Path]
+    shard: Optional[Shard] = None  # describe only the samples of this shard of `samples`
+    prepare_only: bool = False  # check, record the settings and declare the fields, but describe nothing
 
     @property
     def error_field(self) -> str:
@@ -227,14 +230,19 @@ def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[
             tasks: Optional[Tasks] = None, lang: str = "en", model=DEFAULT_MODEL, sam2=DEFAULT_SAM2,
             overwrite: bool = False, *, max_new_tokens: int = 512, generation: Optional[GenerationSettings] = None,
             mask_dir: Optional[str | os.PathLike] = None, device: str = "auto", dtype: Optional[str] = None,
-            local_files_only: Optional[bool] = None, **media_options) -> Iterator[tuple[int, int]]:
-    """`apply_pam` as a generator: yields (samples done, samples to do) after each sample; returns the summary."""
+            local_files_only: Optional[bool] = None, shard: Optional[Shard] = None, prepare_only: bool = False,
+            **media_options) -> Iterator[tuple[int, int]]:
+    """`apply_pam` as a generator: yields (samples done, samples to do) after each sample; returns the summary.
+
+    `prepare_only`: what the parent of a sharded run does once before it queues the shards: check the settings,
+    record them and declare the fields (with `overwrite`, also clear the samples' labels, so that the shards run
+    without it and a re-queued shard resumes); nothing is described and no model is loaded."""
     dataset = dataset_of(sample_collection)
     video = dataset.media_type == "video"
     options = _media_options(dataset, media_options, video)
     run = RunContext(sample_collection, dataset, label_field, ModelRef.of(model, sam2, device, dtype, local_files_only),
                      overwrite, generation or GenerationSettings(max_new_tokens=max_new_tokens),
-                     Path(mask_dir) if mask_dir else None)
+                     Path(mask_dir) if mask_dir else None, shard, prepare_only)
     describe_all = _run_videos if video else _run_images
     return (yield from describe_all(run, prompt_field, tasks, lang, **options))
 
@@ -390,25 +398,29 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
     `BATCH_SIZE` at a time in one bulk write each (FiftyOne's save context), labels, error and metadata of a sample
     in one update, so a killed run loses at most the samples not saved yet, and a resume redoes exactly those. A
     run stopped early (the generator closed) saves what finished. A sample that fails records its error and the
-    run goes on.
+    run goes on. With a `shard`, the run is over that shard's samples only (see shards.py).
     """
     samples, dataset = run.samples, run.dataset
+    if run.prepare_only:
+        _prepare(run, record, declare)
+        if run.overwrite:
+            samples.clear_sample_field(done_field)
+        return {"label_field": run.label_field, "samples": len(samples)}
     resume = not run.overwrite and done_field in dataset.get_field_schema()
     todo = samples.exists(done_field, False) if resume else samples
     ids = todo.values("id")
+    in_run = len(samples)
+    if run.shard is not None:
+        ids = run.shard.pick(ids)
+        in_run = len(run.shard.pick(samples.values("id"))) if resume else len(ids)
     total = len(ids)
-    summary = {"label_field": run.label_field, "samples": 0, "skipped": len(samples) - total, "failed": 0,
+    summary = {"label_field": run.label_field, "samples": 0, "skipped": in_run - total, "failed": 0,
                "regions": 0, "errors": {}}
     yield 0, total
     if total == 0:
         return summary
     pam = run.model.load()
-    dataset.info.setdefault(RUNS_INFO_KEY, {})[run.label_field] = record
-    dataset.save()
-    declare()
-    if run.error_field not in dataset.get_field_schema():
-        dataset.add_sample_field(run.error_field, fo.StringField,
-                                 description="why PAM could not describe this sample (None when it did)")
+    _prepare(run, record, declare)
     # closing() is innermost: a stopped run stops describing first, then the save context writes what finished
     with samples.save_context(batch_size=BATCH_SIZE) as saver, closing(describe_all(pam, ids)) as described:
         for done, item in enumerate(described, 1):
@@ -423,6 +435,28 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
             yield done, total
     dataset.add_dynamic_sample_fields()
     return summary
+
+
+def _prepare(run: RunContext, record: dict, declare: Callable[[], None]) -> None:
+    """Records the run's settings in `dataset.info` and declares its fields, each only where not done yet: the
+    operations of a sharded run, whose parent did both, then never write the dataset's document concurrently."""
+    dataset = run.dataset
+    if dataset.info.get(RUNS_INFO_KEY, {}).get(run.label_field) != record:
+        dataset.info.setdefault(RUNS_INFO_KEY, {})[run.label_field] = record
+        dataset.save()
+    declare()
+    if run.error_field not in dataset.get_field_schema():
+        dataset.add_sample_field(run.error_field, fo.StringField,
+                                 description="why PAM could not describe this sample (None when it did)")
+
+
+def finish(steps: Iterator[tuple[int, int]]) -> dict:
+    """Runs `run_pam`'s generator to its end; returns its summary."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[str] = None,
@@ -451,16 +485,14 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     frame numbers), `carry` ("box" or "memory", see pam_core). Frame numbers are FiftyOne's, from 1.
     "regions" in the summary counts tracked objects.
 
+    `shard=Shard(i, K)` (fiftyone_plugin.shards) describes only the samples of shard i of K: how the K delegated
+    operations of `queue_pam_shards` split a run.
+
     `embed`: True (or a dict of `compute_pam_similarity` options) then (re)builds the field's semantic search index
     over the whole dataset; the summary's `brain_key` names it. Image datasets only.
     """
-    steps = run_pam(sample_collection, label_field, prompt_field, tasks, lang, model, sam2, overwrite, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            summary = stop.value
-            break
+    summary = finish(run_pam(sample_collection, label_field, prompt_field, tasks, lang, model, sam2, overwrite,
+                             **kwargs))
     if embed:
         options = embed if isinstance(embed, dict) else {}
         summary["brain_key"] = compute_pam_similarity(dataset_of(sample_collection), label_field, **options).key
