@@ -396,5 +396,12 @@ def test_malformed_csv_and_parquet_rows_and_sources(pam_cli, tmp_path):
                                    "--everything", *NO_MODEL)
     assert "SOURCE not found" in pam_cli.error("describe-dataset", tmp_path / "nowhere", "--out", tmp_path / "out",
                                                *NO_MODEL)
-    assert "workers and lookahead must be >= 1" in pam_cli.error(
-        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--workers", "0", *NO_MODEL)
+    assert "read_threads and lookahead must be >= 1" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--read-threads", "0", *NO_MODEL)
+    # the worker options belong to a Ray run
+    assert "--workers, --gpus-per-worker set(s) the workers of a Ray run: add --ray local" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--workers", "2", "--gpus-per-worker", "1",
+        *NO_MODEL)
+    assert "workers and the Ray batch size must be >= 1, got 0" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--ray", "local", "--workers", "0",
+        *NO_MODEL)
