@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..automask import AutoMaskSettings
 from ..datasets import FORMATS, PART_IMAGES, DatasetOutput, DescribeJob, RayWorkers, describe_on_ray, open_source
+from ..datasets.ray_backend import import_ray
 from ..errors import SettingsError
 from ..generation import GenerationSettings
 from ..stream import describe_stream
@@ -120,7 +121,9 @@ def _ray_workers(args) -> RayWorkers | None:
             raise SettingsError(f"{flags} set(s) the workers of a Ray run: add --ray local (this machine) or "
                                 "--ray ADDRESS (a cluster)")
         return None
-    return RayWorkers(args.ray, **given)
+    workers = RayWorkers(args.ray, **given)
+    import_ray()  # a missing extra is one line now, not after the source is read
+    return workers
 
 
 def _in_process(job: DescribeJob, rows) -> Iterator[tuple[str, list]]:

@@ -150,10 +150,11 @@ def _forwarded_env() -> dict:
 
 
 def _clear(error: Exception) -> PAMError:
-    """A Ray failure as one clear error: PAM's own message when a worker raised one (e.g. weights missing)."""
-    cause = error
-    while cause is not None and not isinstance(cause, PAMError):
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    if isinstance(cause, PAMError):
-        return DatasetError(f"a Ray worker failed: {cause}")
-    return DatasetError(f"the Ray run failed: {str(error).strip().splitlines()[-1] if str(error).strip() else error}")
+    """A Ray failure as one clear error. Ray passes a worker's exception on as text: its last line, e.g.
+    "pam_core.errors.WeightsNotFoundError: PAM checkpoint folder not found: ...", says what went wrong."""
+    lines = str(error).strip().splitlines()
+    last = lines[-1].strip() if lines else type(error).__name__
+    kind, _, message = last.partition(": ")
+    if kind.startswith("pam_core.errors.") and message:
+        return DatasetError(f"a Ray worker failed: {message}")
+    return DatasetError(f"the Ray run failed: {last}")
