@@ -224,7 +224,7 @@ class PAM:
     def describe_stream(self, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
                         lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                         auto: AutoMaskSettings = AutoMaskSettings(), *, encoder_batch: Optional[int] = None,
-                        workers: int = 2, lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
+                        read_threads: int = 2, lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
                         cancel=None, find_threshold: float = DEFAULT_THRESHOLD,
                         max_instances: Optional[int] = DEFAULT_MAX_INSTANCES,
                         sam3: Sam3Like = None) -> Iterator[StreamResult]:
@@ -245,8 +245,9 @@ class PAM:
                                                   max_instances=max_instances)
 
         return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
-                               compile_decoder=self.compile_decoder, encoder_batch=encoder_batch, workers=workers,
-                               lookahead=lookahead, progress=progress, cancel=cancel, find_concepts=find_concepts)
+                               compile_decoder=self.compile_decoder, encoder_batch=encoder_batch,
+                               read_threads=read_threads, lookahead=lookahead, progress=progress, cancel=cancel,
+                               find_concepts=find_concepts)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,

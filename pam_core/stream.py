@@ -142,10 +142,10 @@ class _Reader:
     """Prepares items in background threads, at most `lookahead` ahead of the consumer, in stream order."""
 
     def __init__(self, items: Iterable[Union[StreamItem, ImageLike]], prepare: Callable[[StreamItem, int], _Prepared],
-                 workers: int, lookahead: int):
+                 read_threads: int, lookahead: int):
         self._items = enumerate(items)
         self._prepare = prepare
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pam-read")
+        self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="pam-read")
         self._futures: deque[Future] = deque()
         self._lookahead = lookahead
         self._exhausted = False
@@ -278,18 +278,18 @@ class _Stream:
         return StreamResult(item.index, item.id, regions, item.size)
 
 
-def check_stream_settings(max_batch: Optional[int], encoder_batch: Optional[int], workers: int,
+def check_stream_settings(max_batch: Optional[int], encoder_batch: Optional[int], read_threads: int,
                           lookahead: int) -> None:
     """The stream's sizes are all >= 1 (None: chosen for the device). Callers check them before a model loads."""
-    if any(v is not None and v < 1 for v in (max_batch, encoder_batch, workers, lookahead)):
-        raise SettingsError(f"max_batch, encoder_batch, workers and lookahead must be >= 1, got {max_batch}, "
-                            f"{encoder_batch}, {workers} and {lookahead}")
+    if any(v is not None and v < 1 for v in (max_batch, encoder_batch, read_threads, lookahead)):
+        raise SettingsError(f"max_batch, encoder_batch, read_threads and lookahead must be >= 1, got {max_batch}, "
+                            f"{encoder_batch}, {read_threads} and {lookahead}")
 
 
 def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike]], task: Tasks = "category",
                     lang: str = "en", generation: GenerationSettings = GenerationSettings(),
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
-                    compile_decoder: bool = False, encoder_batch: Optional[int] = None, workers: int = 2,
+                    compile_decoder: bool = False, encoder_batch: Optional[int] = None, read_threads: int = 2,
                     lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
                     cancel: Optional[threading.Event] = None,
                     find_concepts: Optional[FindConcepts] = None) -> Iterator[StreamResult]:
@@ -298,22 +298,22 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
 
     An unreadable image or a region that does not fit its image gives a result with `error` set, and the
     stream goes on. `max_batch` bounds the (region, task) rows decoded together, `encoder_batch` the images
-    encoded together (default 1 on a CPU, 8 on a GPU), `workers` the reader threads and `lookahead` the
+    encoded together (default 1 on a CPU, 8 on a GPU), `read_threads` the reader threads and `lookahead` the
     images read ahead. `compile_decoder` decodes with `torch.compile`d LLM steps (`PAMModel.decoding_llm`).
     `progress` is called after every image; setting `cancel` (or closing the iterator) stops the stream after
     the current decoding step, and what finished has been yielded. `find_concepts` finds the instances of the
     items' `concepts` (called in the model's thread, once per image with concepts).
     """
-    check_stream_settings(max_batch, encoder_batch, workers, lookahead)
+    check_stream_settings(max_batch, encoder_batch, read_threads, lookahead)
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
     stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder, find_concepts)
-    return _run(stream, items, workers, max(lookahead, encoder_batch), progress, cancel)
+    return _run(stream, items, read_threads, max(lookahead, encoder_batch), progress, cancel)
 
 
-def _run(stream: _Stream, items: Iterable, workers: int, lookahead: int, progress: Optional[StreamProgressCallback],
-         cancel: Optional[threading.Event]) -> Iterator[StreamResult]:
-    reader = _Reader(items, stream.prepare, workers, lookahead)  # starts reading at the first next()
+def _run(stream: _Stream, items: Iterable, read_threads: int, lookahead: int,
+         progress: Optional[StreamProgressCallback], cancel: Optional[threading.Event]) -> Iterator[StreamResult]:
+    reader = _Reader(items, stream.prepare, read_threads, lookahead)  # starts reading at the first next()
     started = time.perf_counter()
     counts = {"images": 0, "regions": 0, "failed": 0}
 

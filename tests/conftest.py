@@ -4,6 +4,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# A Ray a test starts (`--ray local`, a test cluster): no usage stats, and token auth with a token of this run, so
+# that Ray writes no ~/.ray/auth_token.
+os.environ["RAY_DISABLE_USAGE_STATS"] = "1"
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", os.urandom(16).hex())
 
 import pytest  # noqa: E402
 

@@ -20,7 +20,7 @@ from PIL import Image
 from helpers import CHECKPOINT, SAM2, interruptible, needs_fixture
 from pam_core import AutoMaskSettings, GenerationSettings
 from pam_core.cli import main
-from pam_core.datasets import DatasetOutput, output_schema
+from pam_core.datasets import DatasetOutput, output_schema, result_from_rows
 from pam_core.errors import DatasetError
 from pam_core.rle import rle_to_mask
 
@@ -134,6 +134,22 @@ def test_manifest_rows_equal_per_image_describe(manifest_run, pam):
         results = pam.describe(folder / name, resolved, task=TASKS, generation=FAST)
         assert {r["image"] for r in rows[image_id]} == {str(folder / name)}
         _assert_rows_match(rows[image_id], results, regions)
+
+
+@needs_fixture
+def test_rows_read_back_are_the_describe_results(manifest_run, pam):
+    """`result_from_rows` (how a host takes rows a Ray run wrote) gives back what `describe` gave."""
+    folder, out, _ = manifest_run
+    rows = _by_id(ds.dataset(out).to_table().to_pylist())
+    back = result_from_rows(rows["a.png"])
+    assert back.ok and back.id == "a.png"
+    for got, want in zip(back.regions, pam.describe(folder / "a.png", GOOD["a.png"], task=TASKS, generation=FAST),
+                         strict=True):
+        assert (got.index, got.prompt, got.box, got.lang) == (want.index, want.prompt, want.box, want.lang)
+        assert np.array_equal(got.mask, want.mask) and got.texts == want.texts and got.fields == want.fields
+        assert (got.mask_score, got.object_score) == (want.mask_score, want.object_score)
+    failed = result_from_rows(rows["missing.png"])
+    assert not failed.ok and failed.regions == [] and "missing.png" in failed.error
 
 
 @needs_fixture
@@ -396,5 +412,23 @@ def test_malformed_csv_and_parquet_rows_and_sources(pam_cli, tmp_path):
                                    "--everything", *NO_MODEL)
     assert "SOURCE not found" in pam_cli.error("describe-dataset", tmp_path / "nowhere", "--out", tmp_path / "out",
                                                *NO_MODEL)
-    assert "workers and lookahead must be >= 1" in pam_cli.error(
-        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--workers", "0", *NO_MODEL)
+    assert "read_threads and lookahead must be >= 1" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--read-threads", "0", *NO_MODEL)
+    # the worker options belong to a Ray run
+    assert "--workers, --gpus-per-worker set(s) the workers of a Ray run: add --ray local" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--workers", "2", "--gpus-per-worker", "1",
+        *NO_MODEL)
+    assert "Ray is not installed: pip install 'pam-suite[ray]'" in _without_ray(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--ray", "local")
+    assert "workers and the Ray batch size must be >= 1, got 0" in pam_cli.error(
+        "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--ray", "local", "--workers", "0",
+        *NO_MODEL)
+
+
+def _without_ray(*args) -> str:
+    """`pam ARGS` in a Python where `import ray` fails: the last stderr line, after checking it is the only error."""
+    argv = list(map(str, args))
+    code = f"import sys; sys.modules['ray'] = None; from pam_core.cli import main; sys.exit(main({argv!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]

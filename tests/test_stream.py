@@ -162,7 +162,7 @@ def test_cancel_stops_the_stream_and_reading_stays_bounded(pam, images):
 
 
 def test_stream_settings_are_checked(pam):
-    for bad in (dict(workers=0), dict(lookahead=0), dict(encoder_batch=0)):
+    for bad in (dict(read_threads=0), dict(lookahead=0), dict(encoder_batch=0)):
         with pytest.raises(SettingsError, match="must be >= 1"):
             pam.describe_stream([], **bad)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import DatasetError, PAMError
-from ..prompts import as_region
+from ..prompts import RegionLike, as_region
 from ..stream import StreamItem
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
@@ -35,7 +35,8 @@ class SourceRow:
     id: str
     image: str  # the path the image is read from
     prompts: Optional[tuple[dict, ...]]  # as given in the source: what the output's `prompt` column records
-    regions: Optional[tuple[dict, ...]]  # the same with mask files resolved from the manifest's folder
+    # the same with mask files resolved from the manifest's folder; a host may give `Region`s
+    regions: Optional[tuple[RegionLike, ...]]
 
     def stream_item(self, concepts: Optional[Sequence[str]] = None) -> StreamItem:
         """The row for the stream; a row without regions gets `concepts` to find, when given."""

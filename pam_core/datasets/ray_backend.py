@@ -1,0 +1,160 @@
+"""Dataset runs on a Ray cluster: the rows become a Ray Dataset, `map_batches` runs them on an actor pool in which
+each actor loads PAM once and describes its batches through the streaming engine (`DescribeJob.describe`), and
+the driver receives each image's output rows as batches finish.
+
+Ray schedules, retries and restarts; nothing here does. A worker process that dies is restarted by Ray and its
+batch is run again (Ray Data's actor pools retry without limit), so an image's rows reach the driver once, from
+the run that finished it. Writing them (journal, parts, resume) stays with the driver, exactly as in a
+single-process run (`DatasetOutput`).
+
+Ray is the optional extra `pam-suite[ray]`. Weights must be readable where the workers run: a path every node
+sees, or the Hub cache of each node; the driver's Hugging Face settings (HF_HUB_OFFLINE, HF_HOME, ...) travel
+with the workers, so nothing is downloaded that the driver would not download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DatasetError, PAMError, SettingsError
+from ..loading import ModelSource
+from .job import DescribeJob
+from .sources import SourceRow
+
+RAY_EXTRA = "pam-suite[ray]"
+LOCAL, AUTO = "local", "auto"
+# What the workers inherit from the driver: where the Hub cache is and whether it may download.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN")
+
+
+@dataclass(frozen=True)
+class RayWorkers:
+    """Where and on what the actors run. `address`: "local" (a Ray started in this process, stopped at the end),
+    "auto" (the cluster this machine belongs to) or a cluster address (host:port or ray://host:port). Each of
+    `workers` actors holds one model and gets `cpus_per_worker` CPUs and `gpus_per_worker` GPUs; it describes
+    `batch_size` images per call (a killed worker loses at most that batch)."""
+
+    address: str = AUTO
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if not isinstance(self.address, str) or not self.address.strip():
+            raise SettingsError(f"the Ray address must be 'local', 'auto' or host:port, got {self.address!r}")
+        if self.workers < 1 or self.batch_size < 1:
+            raise SettingsError(f"workers and the Ray batch size must be >= 1, got {self.workers} and "
+                                f"{self.batch_size}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise SettingsError(f"GPUs per worker must be >= 0 and CPUs per worker > 0, got {self.gpus_per_worker} "
+                                f"and {self.cpus_per_worker}")
+
+
+def import_ray():
+    """The `ray` module, or one line naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SettingsError(f"Ray is not installed: pip install '{RAY_EXTRA}'") from None
+    return ray
+
+
+def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWorkers) -> Iterator[tuple[str, list]]:
+    """(image id, output rows) for every row, in the order batches finish. Connects to `workers.address` unless
+    Ray is already initialized in this process; a Ray it started is shut down when the iterator ends or is
+    closed (Ctrl-C), which also stops the actors."""
+    ray = import_ray()
+    rows = list(rows)
+    if not rows:
+        return
+    started = _connect(ray, workers.address)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the caller shows progress
+        context.print_on_execution_start = False
+        # rows travel pickled, as Ray would pickle them anyway (a host's rows may hold Region objects)
+        items = ray.data.from_items([{"row": pickle.dumps(row)} for row in rows],
+                                    override_num_blocks=-(-len(rows) // workers.batch_size))
+        described = items.map_batches(
+            _Describer, fn_constructor_kwargs={"job": _for_cluster(job), "folder": os.getcwd()},
+            batch_size=workers.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers.workers), num_cpus=workers.cpus_per_worker,
+            num_gpus=workers.gpus_per_worker or None, runtime_env={"env_vars": _forwarded_env()})
+        try:
+            for batch in described.iter_batches(batch_size=None, batch_format="numpy"):
+                for image_id, lines in zip(batch["id"], batch["rows"]):
+                    yield str(image_id), json.loads(lines)
+        except ray.exceptions.RayError as exc:
+            raise _clear(exc) from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _Describer:
+    """The callable class of the actor pool: PAM loaded once per actor, each batch through the stream."""
+
+    def __init__(self, job: DescribeJob, folder: str):
+        if os.path.isdir(folder):  # relative image paths are the driver's: read them from its working folder
+            os.chdir(folder)
+        self.job = job
+        self.pam = job.load()
+
+    def __call__(self, batch: dict) -> dict:
+        ids, lines = [], []
+        for row, result in self.job.describe(self.pam, map(pickle.loads, batch["row"])):
+            ids.append(row.id)
+            lines.append(json.dumps(self.job.rows(row, result), ensure_ascii=False))
+        return {"id": ids, "rows": lines}
+
+
+def _connect(ray, address: str) -> bool:
+    """Initializes Ray unless it is; True when this started a local Ray (to shut down at the end)."""
+    if ray.is_initialized():
+        return False
+    options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        if address == LOCAL:
+            ray.init(**options)
+            return True
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "no running Ray cluster was found on this machine" if address == AUTO else f"at {address}: {exc}"
+        raise DatasetError(f"cannot connect to Ray ({where}); start one with `ray start --head`, give its "
+                           "address, or use --ray local") from None
+    return False
+
+
+def _for_cluster(job: DescribeJob) -> DescribeJob:
+    """The job with local weight paths made absolute: a worker's working folder is not the driver's."""
+    def absolute(path: Optional[str]) -> Optional[str]:
+        return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+    source = job.source
+    return replace(job, source=ModelSource(model=absolute(source.model), sam2=absolute(source.sam2),
+                                           sam2_config=absolute(source.sam2_config), device=source.device,
+                                           dtype=source.dtype, local_files_only=source.local_files_only))
+
+
+def _forwarded_env() -> dict:
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+
+
+def _clear(error: Exception) -> PAMError:
+    """A Ray failure as one clear error. Ray passes a worker's exception on as text: its last line, e.g.
+    "pam_core.errors.WeightsNotFoundError: PAM checkpoint folder not found: ...", says what went wrong."""
+    lines = str(error).strip().splitlines()
+    last = lines[-1].strip() if lines else type(error).__name__
+    kind, _, message = last.partition(": ")
+    if kind.startswith("pam_core.errors.") and message:
+        return DatasetError(f"a Ray worker failed: {message}")
+    return DatasetError(f"the Ray run failed: {last}")
