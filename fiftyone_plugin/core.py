@@ -20,7 +20,7 @@ import fiftyone as fo
 
 from pam_core import PAM, AutoMaskSettings, GenerationSettings, ModelSource, load_pam
 from pam_core.analysis import RegionResult
-from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2
+from pam_core.checkpoint import DEFAULT_MODEL, DEFAULT_SAM2, DEFAULT_SAM3
 from pam_core.concepts import (
     DEFAULT_MAX_INSTANCES,
     DEFAULT_THRESHOLD,
@@ -29,9 +29,11 @@ from pam_core.concepts import (
     checked_concepts,
     concept_finder,
 )
-from pam_core.errors import PAMError, PromptError
+from pam_core.datasets import DescribeJob, RayWorkers, SourceRow, describe_on_ray, result_from_rows
+from pam_core.datasets.ray_backend import import_ray
+from pam_core.errors import PAMError, PromptError, SettingsError
 from pam_core.io import load_image
-from pam_core.stream import StreamItem
+from pam_core.stream import StreamItem, StreamResult
 from pam_core.tasks import Tasks
 
 from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regions_from_label
@@ -54,6 +56,10 @@ RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the set
 BATCH_SIZE = 16  # samples read from the database together, and saved together in one bulk write
 IMAGE_OPTIONS = ("max_regions", "auto", "concepts", "find_threshold", "max_instances", "sam3")
 VIDEO_OPTIONS = ("prompts", "prompt_frame", "window", "segments", "carry")
+BACKENDS = ("local", "ray")
+# apply_pam's options of backend="ray" -> the RayWorkers fields they set
+RAY_OPTIONS = {"workers": "workers", "ray_address": "address", "gpus_per_worker": "gpus_per_worker",
+               "cpus_per_worker": "cpus_per_worker", "ray_batch": "batch_size"}
 
 
 def dataset_of(sample_collection) -> fo.Dataset:
@@ -189,6 +195,7 @@ class RunContext:
     generation: GenerationSettings
     mask_dir: Optional[Path]
     shard: Optional[Shard] = None  # describe only the samples of this shard of `samples`
+    ray: Optional[RayWorkers] = None  # describe on these Ray workers (images), not in this process
     prepare_only: bool = False  # check, record the settings and declare the fields, but describe nothing
 
     @property
@@ -231,7 +238,7 @@ def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[
             overwrite: bool = False, *, max_new_tokens: int = 512, generation: Optional[GenerationSettings] = None,
             mask_dir: Optional[str | os.PathLike] = None, device: str = "auto", dtype: Optional[str] = None,
             local_files_only: Optional[bool] = None, shard: Optional[Shard] = None, prepare_only: bool = False,
-            **media_options) -> Iterator[tuple[int, int]]:
+            backend: str = "local", **media_options) -> Iterator[tuple[int, int]]:
     """`apply_pam` as a generator: yields (samples done, samples to do) after each sample; returns the summary.
 
     `prepare_only`: what the parent of a sharded run does once before it queues the shards: check the settings,
@@ -239,12 +246,34 @@ def run_pam(sample_collection, label_field: str = "pam", prompt_field: Optional[
     without it and a re-queued shard resumes); nothing is described and no model is loaded."""
     dataset = dataset_of(sample_collection)
     video = dataset.media_type == "video"
+    ray_options = {name: media_options.pop(name) for name in RAY_OPTIONS if name in media_options}
     options = _media_options(dataset, media_options, video)
-    run = RunContext(sample_collection, dataset, label_field, ModelRef.of(model, sam2, device, dtype, local_files_only),
-                     overwrite, generation or GenerationSettings(max_new_tokens=max_new_tokens),
-                     Path(mask_dir) if mask_dir else None, shard, prepare_only)
+    model_ref = ModelRef.of(model, sam2, device, dtype, local_files_only)
+    run = RunContext(sample_collection, dataset, label_field, model_ref, overwrite,
+                     generation or GenerationSettings(max_new_tokens=max_new_tokens),
+                     Path(mask_dir) if mask_dir else None, shard=shard, prepare_only=prepare_only,
+                     ray=_ray_workers(backend, ray_options, video, model_ref))
     describe_all = _run_videos if video else _run_images
     return (yield from describe_all(run, prompt_field, tasks, lang, **options))
+
+
+def _ray_workers(backend: str, options: dict, video: bool, model: ModelRef) -> Optional[RayWorkers]:
+    """The Ray workers of a `backend="ray"` run (None for "local": this process describes), checked before any
+    work: Ray installed (or one line naming the extra), images, and weights that every worker can load."""
+    given = {name: value for name, value in options.items() if value is not None}
+    if backend not in BACKENDS:
+        raise SettingsError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "local":
+        if given:
+            raise SettingsError(f"{', '.join(given)}: only for backend='ray'")
+        return None
+    if video:
+        raise SettingsError("backend='ray' describes images; describe videos with backend='local'")
+    if not isinstance(model.source, ModelSource):
+        raise SettingsError("backend='ray' loads the model on every worker: give model= as a Hub id or a checkpoint "
+                            "folder that every node can read, not a loaded PAM")
+    import_ray()
+    return RayWorkers(**{RAY_OPTIONS[name]: value for name, value in given.items()})
 
 
 def _media_options(dataset: fo.Dataset, options: dict, video: bool) -> dict:
@@ -285,8 +314,10 @@ def _run_images(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
         if run.label_field not in run.dataset.get_field_schema():
             run.dataset.add_sample_field(run.label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
 
-    def describe_all(pam: PAM, ids: list[str]):
-        return _stream_images(run, pam, ids, prompt_field, request)
+    def describe_all(ids: list[str]) -> Iterator[Described]:
+        if run.ray is not None:
+            return _ray_images(run, ids, prompt_field, request)
+        return _stream_images(run, run.model.load(), ids, prompt_field, request)
 
     return (yield from _describe_samples(run, record, run.label_field, declare, describe_all))
 
@@ -312,14 +343,70 @@ def _stream_images(run: RunContext, pam: PAM, ids: list[str], prompt_field: Opti
         for result in stream:
             sample, prompt = reading.pop(result.id)
             fill_metadata(sample)
-            if not result.ok:
-                sample[run.label_field] = None
-                yield Described(sample, error=result.error)
-                continue
-            names = prompt.names if prompt is not None else [None] * len(result.regions)
-            labels = detections_from_results(result.regions, names, run.model.name, run.mask_dir, sample.id)
-            sample[run.label_field] = labels
-            yield Described(sample, regions=len(labels.detections))
+            yield _labelled(run, sample, result, prompt.names if prompt is not None else None)
+
+
+def _ray_images(run: RunContext, ids: list[str], prompt_field: Optional[str],
+                request: ImageRequest) -> Iterator[Described]:
+    """The samples of `ids` described on Ray workers (`pam_core.datasets.describe_on_ray`), yielding `Described`
+    as each finishes. This process reads each sample's path and prompt regions, in pixels (metadata is filled first
+    where missing: FiftyOne's coordinates are relative), and keeps only those, the prompts' labels and the metadata
+    it filled; a finished sample is read again by id to be labelled, so a huge run holds no samples in memory."""
+    job = DescribeJob(source=run.model.source, tasks=request.tasks, lang=request.lang, generation=run.generation,
+                      everything=prompt_field is None and not request.concepts, auto=request.auto,
+                      concepts=tuple(request.concepts), find_threshold=request.find_threshold,
+                      max_instances=request.max_instances, sam3=_sam3_for_workers(request.sam3))
+    rows, names, filled = [], {}, {}
+    for batch in _sample_batches(run.samples, ids):
+        for sample in batch:
+            if sample.metadata is None:
+                fill_metadata(sample)
+                filled[sample.id] = sample.metadata
+            regions = None  # the workers find them (automatic regions, or SAM 3's instances of the concepts)
+            if prompt_field is not None:
+                try:
+                    width, height = _image_size(sample)
+                except PAMError as exc:  # an unreadable image fails here, as the workers would fail it
+                    sample[run.label_field] = None
+                    yield Described(sample, error=str(exc))
+                    continue
+                regions, names[sample.id] = regions_from_label(sample[prompt_field], width, height)
+                regions = tuple(regions)
+            # `prompts` is what RegionResult.prompt is read back from
+            prompts = tuple({part: True for part in region.kind.split("+")} for region in regions) if regions else None
+            rows.append(SourceRow(sample.id, sample.filepath, prompts, regions))
+    described = describe_on_ray(rows, job, run.ray)
+    with closing(described):  # a run stopped early stops Ray's run too
+        for image_id, image_rows in described:
+            [sample] = next(_sample_batches(run.samples, [image_id]))
+            if sample.metadata is None:
+                sample.metadata = filled.get(image_id)
+            yield _labelled(run, sample, result_from_rows(image_rows), names.get(image_id))
+
+
+def _sam3_for_workers(sam3: Sam3Like) -> str:
+    if sam3 is None or isinstance(sam3, (str, os.PathLike)):
+        return str(sam3 or DEFAULT_SAM3)
+    raise SettingsError("backend='ray' loads SAM 3 on every worker: give sam3= as a folder or Hub id")
+
+
+def _image_size(sample) -> tuple[int, int]:
+    """The sample's width and height, from its metadata, else from the image (which raises pam_core's error for an
+    image it cannot read)."""
+    if sample.metadata is not None and sample.metadata.width and sample.metadata.height:
+        return sample.metadata.width, sample.metadata.height
+    return load_image(sample.filepath).size
+
+
+def _labelled(run: RunContext, sample, result: StreamResult, names: Optional[list]) -> "Described":
+    """A finished image's result set as the sample's labels (saved later): its regions, or None and the error."""
+    if not result.ok:
+        sample[run.label_field] = None
+        return Described(sample, error=result.error)
+    names = names if names is not None else [None] * len(result.regions)
+    labels = detections_from_results(result.regions, names, run.model.name, run.mask_dir, sample.id)
+    sample[run.label_field] = labels
+    return Described(sample, regions=len(labels.detections))
 
 
 def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
@@ -355,7 +442,10 @@ def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
         write_video_labels(sample, run.label_field, frames, captions)
         return len({caption.index for caption in captions.detections})
 
-    def describe_all(pam: PAM, ids: list[str]) -> Iterator[Described]:
+    def describe_all(ids: list[str]) -> Iterator[Described]:
+        return describe_videos(run.model.load(), ids)
+
+    def describe_videos(pam: PAM, ids: list[str]) -> Iterator[Described]:
         """One video after the other."""
         for batch in _sample_batches(run.samples, ids):
             for sample in batch:
@@ -388,7 +478,7 @@ def _sample_batches(samples, ids: list[str]) -> Iterator[list]:
 
 
 def _describe_samples(run: RunContext, record: dict, done_field: str, declare: Callable[[], None],
-                      describe_all: Callable[[PAM, list[str]], Iterator[Described]]):
+                      describe_all: Callable[[list[str]], Iterator[Described]]):
     """The loop of every run over the samples not done yet (all of them with `overwrite`), saved in bulk.
 
     Which samples to do is fixed when the run starts, as a list of ids, and `describe_all` reads them by id in
@@ -419,10 +509,10 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
     yield 0, total
     if total == 0:
         return summary
-    pam = run.model.load()
+    described = describe_all(ids)  # loads the model first (or, on Ray, each worker does)
     _prepare(run, record, declare)
     # closing() is innermost: a stopped run stops describing first, then the save context writes what finished
-    with samples.save_context(batch_size=BATCH_SIZE) as saver, closing(describe_all(pam, ids)) as described:
+    with samples.save_context(batch_size=BATCH_SIZE) as saver, closing(described):
         for done, item in enumerate(described, 1):
             item.sample[run.error_field] = item.error
             if item.error is None:
@@ -484,6 +574,12 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     task (default "caption", the video task); `window` (frames per caption) or `segments` ([(first, last)]
     frame numbers), `carry` ("box" or "memory", see pam_core). Frame numbers are FiftyOne's, from 1.
     "regions" in the summary counts tracked objects.
+
+    `backend="ray"` (images): Ray workers describe the samples (`pam_core.datasets.describe_on_ray`, the extra
+    `pam-suite[ray]`), with `workers` (actors, one model each; default 1), `ray_address` ("auto": the cluster this
+    machine belongs to, "local": a Ray started here, or host:port), `gpus_per_worker`, `cpus_per_worker` and
+    `ray_batch` (images per Ray batch, 16). This process reads the paths and prompts and writes the labels, resuming
+    as the local backend does. `model` must then be a Hub id or a folder every node can read.
 
     `shard=Shard(i, K)` (fiftyone_plugin.shards) describes only the samples of shard i of K: how the K delegated
     operations of `queue_pam_shards` split a run.
