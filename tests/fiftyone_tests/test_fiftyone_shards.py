@@ -14,7 +14,7 @@ import fiftyone.operators as foo
 import pytest
 from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
-from fiftyone.operators.executor import ExecutionError
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
 from PIL import Image
 
 from fiftyone_plugin import apply_pam, queue_pam_shards
@@ -103,6 +103,17 @@ def test_queue_pam_shards_records_once_and_queues_one_operation_per_shard(tmp_pa
 
     with pytest.raises(ValueError, match="other settings"):  # checked before anything is queued
         queue_pam_shards(view, shards=2, **{**SETTINGS, "tasks": ["brief"]})
+    # queueing is quick, so a view of any size may queue its shards right away
+    operator = foo.get_operator(DESCRIBE)
+    many = boxes_dataset(small_images(tmp_path, 1) * 20, "pam-shards-many")
+    for params, immediate in (({}, False), ({"shards": 4}, True)):
+        ctx = ExecutionContext(request_params=dict(dataset_name=many.name, params=params))
+        options = operator.resolve_execution_options(ctx).to_dict()
+        assert options["allow_immediate_execution"] is immediate and options["allow_delegated_execution"]
+        assert options["default_choice_to_delegated"] is not immediate
+    assert "shards" in operator.resolve_input(ctx).to_json()["type"]["properties"]
+    many.delete()
+
     for shards in (0, -1):
         with pytest.raises(ExecutionError, match=f"shards must be 1 or more .*not {shards}"):
             foo.execute_operator(DESCRIBE, ctx=dict(dataset=dataset, params={**SETTINGS, "shards": shards}))
