@@ -1,4 +1,4 @@
-"""The GPU check in its CPU smoke mode and the dataset benchmark at the smallest size, as the lead runs them (the
+"""The GPU check in its CPU smoke mode, the dataset and Ray benchmarks at the smallest size, as the lead runs them (the
 numbers are not checked, only that every section ran and what must be equal is), and the fixture pack that carries
 the parity fixture to the GPU machine."""
 
@@ -76,6 +76,19 @@ def test_dataset_benchmark_compares_per_image_and_streaming(tmp_path):
     assert results["summary"]["outputs"] == {"texts": 4, "identical_texts": 4, "masks": 4, "identical_masks": 4,
                                              "identical": True}
     assert "regions/s, streaming / per-image" in proc.stdout and "target >= 3x" in proc.stdout
+
+
+@pytest.mark.slow
+@needs_fixture
+def test_ray_benchmark_runs_one_process_and_ray_with_one_and_two_workers(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/ray_scale.py", "--tiny", "--images", "2", "--new-tokens", "2",
+                           "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "ray-scale-results.json").read_text())
+    assert set(results["runs"]) == {"single", "ray-1", "ray-2"}
+    assert all(run["images"] == 2 and run["regions"] == 2 for run in results["runs"].values())
+    assert results["same_texts"] and 0 <= results["two_workers_text_agreement"] <= 1
+    assert "Ray overhead, 1 worker vs one process" in proc.stdout and "2 workers vs 1 worker" in proc.stdout
 
 
 def _env() -> dict:

@@ -19,12 +19,9 @@ import logging
 import os
 import pickle
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass
 
 from ..errors import DatasetError, PAMError, SettingsError
-from ..loading import ModelSource
 from .job import DescribeJob
 from .sources import SourceRow
 
@@ -85,7 +82,7 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
         items = ray.data.from_items([{"row": pickle.dumps(row)} for row in rows],
                                     override_num_blocks=-(-len(rows) // workers.batch_size))
         described = items.map_batches(
-            _Describer, fn_constructor_kwargs={"job": _for_cluster(job), "folder": os.getcwd()},
+            _Describer, fn_constructor_kwargs={"job": job, "folder": os.getcwd()},
             batch_size=workers.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers.workers), num_cpus=workers.cpus_per_worker,
             num_gpus=workers.gpus_per_worker or None, runtime_env={"env_vars": _forwarded_env()})
@@ -104,7 +101,7 @@ class _Describer:
     """The callable class of the actor pool: PAM loaded once per actor, each batch through the stream."""
 
     def __init__(self, job: DescribeJob, folder: str):
-        if os.path.isdir(folder):  # relative image paths are the driver's: read them from its working folder
+        if os.path.isdir(folder):  # relative paths (images, masks, weights) are the driver's: start where it is
             os.chdir(folder)
         self.job = job
         self.pam = job.load()
@@ -132,17 +129,6 @@ def _connect(ray, address: str) -> bool:
         raise DatasetError(f"cannot connect to Ray ({where}); start one with `ray start --head`, give its "
                            "address, or use --ray local") from None
     return False
-
-
-def _for_cluster(job: DescribeJob) -> DescribeJob:
-    """The job with local weight paths made absolute: a worker's working folder is not the driver's."""
-    def absolute(path: Optional[str]) -> Optional[str]:
-        return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
-
-    source = job.source
-    return replace(job, source=ModelSource(model=absolute(source.model), sam2=absolute(source.sam2),
-                                           sam2_config=absolute(source.sam2_config), device=source.device,
-                                           dtype=source.dtype, local_files_only=source.local_files_only))
 
 
 def _forwarded_env() -> dict:
