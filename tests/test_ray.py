@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from helpers import CHECKPOINT, SAM2, needs_fixture
+from helpers import CHECKPOINT, SAM2, free_port, needs_fixture
 
 RAY = Path(sys.executable).with_name("ray")
 ACTOR_TITLE = "MapBatches(_Describer)"  # in the process title of every worker actor
@@ -36,12 +35,6 @@ def _ray_env() -> dict:
     return os.environ | {"RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "token",
                          "RAY_AUTH_TOKEN": secrets.token_hex(16), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                          "PYTHONPATH": checkout}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -61,7 +54,7 @@ def cluster():
     own temp dir; stopped by their own PIDs at the end."""
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay short
     env = _ray_env()
-    port = _free_port()
+    port = free_port()
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0", "--object-store-memory",
               str(80 * 1024 * 1024), "--temp-dir", str(temp), "--block"]
     started = []
