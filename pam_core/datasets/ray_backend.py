@@ -36,7 +36,8 @@ class RayWorkers:
     """Where and on what the actors run. `address`: "local" (a Ray started in this process, stopped at the end),
     "auto" (the cluster this machine belongs to) or a cluster address (host:port or ray://host:port). Each of
     `workers` actors holds one model and gets `cpus_per_worker` CPUs and `gpus_per_worker` GPUs; it describes
-    `batch_size` images per call (a killed worker loses at most that batch)."""
+    at most `batch_size` images per call (a killed worker loses at most that call), fewer when the rows would not
+    give every worker a call."""
 
     address: str = AUTO
     workers: int = 1
@@ -79,11 +80,13 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
         context.enable_progress_bars = False  # the caller shows progress
         context.print_on_execution_start = False
         # rows travel pickled, as Ray would pickle them anyway (a host's rows may hold Region objects)
+        # calls of at most batch_size images, and at least one per worker: a small dataset still uses every worker
+        per_call = max(1, min(workers.batch_size, -(-len(rows) // workers.workers)))
         items = ray.data.from_items([{"row": pickle.dumps(row)} for row in rows],
-                                    override_num_blocks=-(-len(rows) // workers.batch_size))
+                                    override_num_blocks=-(-len(rows) // per_call))
         described = items.map_batches(
             _Describer, fn_constructor_kwargs={"job": job, "folder": os.getcwd()},
-            batch_size=workers.batch_size, batch_format="numpy",
+            batch_size=per_call, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers.workers), num_cpus=workers.cpus_per_worker,
             num_gpus=workers.gpus_per_worker or None, runtime_env={"env_vars": _forwarded_env()})
         try:
