@@ -79,15 +79,16 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller shows progress
         context.print_on_execution_start = False
-        # rows travel pickled, as Ray would pickle them anyway (a host's rows may hold Region objects)
-        # calls of at most batch_size images, and at least one per worker: a small dataset still uses every worker
+        # Calls of at most batch_size images, and at least one per worker; one call in flight per worker, so that a
+        # call waits for a free worker instead of queueing behind a busy one (Ray Data's default is 4 in flight).
         per_call = max(1, min(workers.batch_size, -(-len(rows) // workers.workers)))
+        pool = ray.data.ActorPoolStrategy(size=workers.workers, max_tasks_in_flight_per_actor=1)
+        # rows travel pickled, as Ray would pickle them anyway (a host's rows may hold Region objects)
         items = ray.data.from_items([{"row": pickle.dumps(row)} for row in rows],
                                     override_num_blocks=-(-len(rows) // per_call))
         described = items.map_batches(
-            _Describer, fn_constructor_kwargs={"job": job, "folder": os.getcwd()},
-            batch_size=per_call, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers.workers), num_cpus=workers.cpus_per_worker,
+            _Describer, fn_constructor_kwargs={"job": job, "folder": os.getcwd()}, batch_size=per_call,
+            batch_format="numpy", compute=pool, num_cpus=workers.cpus_per_worker,
             num_gpus=workers.gpus_per_worker or None, runtime_env={"env_vars": _forwarded_env()})
         try:
             for batch in described.iter_batches(batch_size=None, batch_format="numpy"):
