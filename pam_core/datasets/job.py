@@ -16,7 +16,7 @@ from ..engine import PAM
 from ..generation import GenerationSettings
 from ..loading import ModelSource, load_pam
 from ..rle import rle_to_mask
-from ..stream import StreamProgressCallback, StreamResult, check_stream_settings
+from ..stream import StreamResult, check_stream_settings
 from ..tasks import resolve_tasks
 from .output import FIELD_COLUMNS, image_rows, text_column
 from .sources import AUTO_PROMPT, SourceRow
@@ -74,8 +74,7 @@ class DescribeJob:
             pam.sam3 = concept_finder(self.sam3, local_files_only=self.source.local_files_only)
         return pam
 
-    def describe(self, pam: PAM, rows: Iterable[SourceRow],
-                 progress: Optional[StreamProgressCallback] = None) -> Iterator[tuple[SourceRow, StreamResult]]:
+    def describe(self, pam: PAM, rows: Iterable[SourceRow]) -> Iterator[tuple[SourceRow, StreamResult]]:
         """Each row with its result, as the stream finishes them."""
         pending: dict[int, SourceRow] = {}  # stream index -> source row, for the images in flight
 
@@ -86,7 +85,7 @@ class DescribeJob:
 
         stream = pam.describe_stream(items(), task=list(self.tasks), lang=self.lang, generation=self.generation,
                                      auto=self.auto, encoder_batch=self.encoder_batch, read_threads=self.read_threads,
-                                     lookahead=self.lookahead, progress=progress, find_threshold=self.find_threshold,
+                                     lookahead=self.lookahead, find_threshold=self.find_threshold,
                                      max_instances=self.max_instances)
         try:
             for result in stream:
