@@ -68,17 +68,17 @@ def import_ray():
 
 def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWorkers) -> Iterator[tuple[str, list]]:
     """(image id, output rows) for every row, in the order batches finish. Connects to `workers.address` unless
-    Ray is already initialized in this process; a Ray it started is shut down when the iterator ends or is
+    Ray is already initialized in this process; what it initialized is shut down when the iterator ends or is
     closed (Ctrl-C), which also stops the actors."""
     ray = import_ray()
     rows = list(rows)
     if not rows:
         return
-    started = _connect(ray, workers.address)
+    initialized = _connect(ray, workers.address)
+    context = ray.data.DataContext.get_current()
+    shown = context.enable_progress_bars, context.print_on_execution_start
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the caller shows progress
-        context.print_on_execution_start = False
+        context.enable_progress_bars = context.print_on_execution_start = False  # the caller shows progress
         # Calls of at most batch_size images, and at least one per worker; one call in flight per worker, so that a
         # call waits for a free worker instead of queueing behind a busy one (Ray Data's default is 4 in flight).
         per_call = max(1, min(workers.batch_size, -(-len(rows) // workers.workers)))
@@ -97,7 +97,8 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
         except ray.exceptions.RayError as exc:
             raise _clear(exc) from None
     finally:
-        if started:
+        context.enable_progress_bars, context.print_on_execution_start = shown  # a host's own Ray jobs keep theirs
+        if initialized:
             ray.shutdown()
 
 
@@ -119,20 +120,21 @@ class _Describer:
 
 
 def _connect(ray, address: str) -> bool:
-    """Initializes Ray unless it is; True when this started a local Ray (to shut down at the end)."""
+    """Initializes Ray unless it is; True when this did (a local Ray started, or a cluster joined), so that the
+    run ends it again. A Ray the caller initialized is used as it is and left running."""
     if ray.is_initialized():
         return False
     options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         if address == LOCAL:
             ray.init(**options)
-            return True
-        ray.init(address=address, **options)
+        else:
+            ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = "no running Ray cluster was found on this machine" if address == AUTO else f"at {address}: {exc}"
         raise DatasetError(f"cannot connect to Ray ({where}); start one with `ray start --head`, give its "
                            "address, or use --ray local") from None
-    return False
+    return True
 
 
 def _forwarded_env() -> dict:
