@@ -7,8 +7,12 @@ finishes (a section that fails records its error and the others still run):
   regions      real size (random SAM 2.1 Hiera-L + Qwen2.5-1.5B shape, bfloat16), warm: 1, 8 and 64 regions of one
                image, each call with its own encoder pass: regions/s, tokens/s, peak GPU memory
   stream       real size: 200 images x 3 regions through `describe_stream`
-  per_image    the same images through `describe` one by one, stopped in time to end within --budget-seconds;
-               then the comparison: streaming / per-image regions/s and identical token ids, against the targets
+  per_image    the same images through `describe` one by one, stopped in time to leave the decode section its share
+               of --budget-seconds; then the comparison: streaming / per-image regions/s and identical token ids,
+               against the targets
+  decode       real size: milliseconds per decoding step at 1, 16 and 64 rows after a 1,071-position prompt, eager
+               and through `compile_decoder` (torch.compile; skipped when too little of the budget is left), and
+               whether the compiled decoder chooses the eager token ids on the fixture in float32 (TF32 off)
 
 Every text is forced to --new-tokens tokens (16). `--cpu-smoke` runs every section on the CPU at tiny size (a
 random checkpoint from pam_core.synthetic in float32, fewer regions and images): CI's smoke test.
@@ -40,13 +44,16 @@ import dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / ".gpu-check" / "fixtures.pack.xz"  # written by `gpu_check.sh --prepare`, carried to the GPU machine
-SECTIONS = ("environment", "parity", "bf16", "regions", "stream", "per_image")
+SECTIONS = ("environment", "parity", "bf16", "regions", "stream", "per_image", "decode")
 BF16_TASKS = ["category", "detailed"]
 # issue #13: H200, real size, bf16, warm, 16-token texts, 3 regions/image
 STREAM_TARGET_REGIONS_PER_S = 25.0
 STREAM_TARGET_SPEEDUP = 10.0
 BUDGET_MARGIN_S = 20.0  # kept for writing the report after the per-image path
 MIN_PER_IMAGE_S = 20.0
+MIN_COMPILE_S = 150.0  # budget left that the compiled decoder's steps need (inductor compiles the real-size LLM first)
+DECODE_RESERVE_S = 200.0  # what the per-image path leaves of the budget for the decode section after it
+DECODE_WARMUP_STEPS = 2
 SUMMARY_LINE = re.compile(r"parity: (\d+) passed, (\d+) failed, (\d+) not supported")
 
 
@@ -242,11 +249,84 @@ class GpuCheck:
         self.measured["stream"] = self._timed(dataset.streamed, pam, items, self.plan.task, self.settings())
         return {"model": self.model, **_numbers(self.measured["stream"])}
 
+    def decode(self) -> dict:
+        """Decoding steps alone, eager against `compile_decoder`: the input for choosing how to decode on this device
+        (launch overhead shows as flat step times from 1 to 64 rows). The compiled part is skipped, and says so,
+        when less than MIN_COMPILE_S of --budget-seconds is left."""
+        identity = self._compiled_identity()
+        rows = {"eager": self._decode_steps(compiled=False)}
+        left = self.plan.budget_seconds - (time.perf_counter() - self.started)
+        if left >= MIN_COMPILE_S or self.plan.cpu_smoke:
+            rows["compiled"] = self._decode_steps(compiled=True)
+        else:
+            rows["compiled"] = f"skipped: {left:.0f} s of --budget-seconds left, {MIN_COMPILE_S:g} s needed"
+        return {"model": self.model, "compiled_identity": identity, "steps": rows}
+
+    def _compiled_identity(self) -> dict:
+        """The fixture in float32 (TF32 off), `describe` eager and with `compile_decoder`: identical token ids?"""
+        from pam_core import PAM, Region
+        from pam_core.parity import fixture_sam2_weights, ieee_float32
+
+        fixture = fixtures(fixtures_root(self.plan.fixtures))[0]
+        image = fixture / json.loads((fixture / "spec.json").read_text())["image"]["path"]
+        boxes = [Region.from_box(box) for box in dataset.dataset_boxes(0, self.plan.bf16_regions)]
+        with ieee_float32():
+            eager = PAM.from_pretrained(fixture / "checkpoint", sam2=fixture_sam2_weights(fixture),
+                                        device=self.plan.device, dtype="float32", local_files_only=True)
+            start = time.perf_counter()
+            compiled = PAM(eager.model, compile_decoder=True).describe(image, boxes, task=BF16_TASKS,
+                                                                       generation=self.settings())
+            seconds = time.perf_counter() - start
+            reference = eager.describe(image, boxes, task=BF16_TASKS, generation=self.settings())
+        texts = [(a.token_ids[t], b.token_ids[t]) for a, b in zip(reference, compiled) for t in a.token_ids]
+        return {"fixture": fixture.name, "texts": len(texts), "identical_texts": sum(a == b for a, b in texts),
+                "first_call_seconds": seconds}
+
+    def _decode_steps(self, compiled: bool) -> list[dict]:
+        """Per row count: one prefill of the real prompt (a region of the picture, the task's text), then
+        DECODE_WARMUP_STEPS steps and --decode-steps timed ones, no row finishing on the way."""
+        import torch
+
+        from pam_core import GenerationSettings, Region
+        from pam_core.generation import DecodeBatch
+        from pam_core.tasks import resolve_tasks
+
+        pam = self.pam()
+        model = pam.model
+        _, features = pam.encode(batching.picture())
+        visual = pam.analyze(features, Region.from_box(dataset.dataset_boxes(0, 1)[0])).visual_embeds
+        task = resolve_tasks(self.plan.task, "en")[0]
+        steps = self.plan.decode_steps + DECODE_WARMUP_STEPS
+        spec = model.decoding_spec(GenerationSettings(max_new_tokens=steps + 1, min_new_tokens=steps + 1))
+        step_llm = model.decoding_llm(compiled)
+        results = []
+        for count in self.plan.decode_rows:
+            batch = DecodeBatch(model.llm, spec, step_llm=step_llm)
+            start = _synchronized(self.plan.device)
+            batch.join(model.prompt_prefix(visual[None].expand(count, -1, -1), task), [model.task_ids(task)],
+                       list(range(count)))
+            for _ in range(DECODE_WARMUP_STEPS):
+                batch.step()
+            first = _synchronized(self.plan.device) - start
+            start = _synchronized(self.plan.device)
+            for _ in range(self.plan.decode_steps):
+                batch.step()
+            seconds = _synchronized(self.plan.device) - start
+            results.append({"rows": count, "ms_per_step": 1000 * seconds / self.plan.decode_steps,
+                            "tokens_per_s": count * self.plan.decode_steps / seconds,
+                            "prefill_and_warmup_seconds": first, "kv_length": int(batch.attention.shape[1])})
+            del batch
+            if self.plan.device == "cuda":
+                torch.cuda.empty_cache()
+        return results
+
     def per_image(self) -> dict:
         """The dataset through `describe`, image by image, stopped after the image that passes --per-image-seconds
-        or what is left of --budget-seconds (its regions/s is a rate, and the images it did are recorded)."""
+        or what is left of --budget-seconds once the decode section's share is kept (its regions/s is a rate, and
+        the images it did are recorded)."""
         pam, items = self.pam(), self.items()
-        left = self.plan.budget_seconds - (time.perf_counter() - self.started) - BUDGET_MARGIN_S
+        reserve = DECODE_RESERVE_S if "decode" in self.plan.sections else 0.0
+        left = self.plan.budget_seconds - (time.perf_counter() - self.started) - BUDGET_MARGIN_S - reserve
         limit = max(MIN_PER_IMAGE_S, min(self.plan.per_image_seconds, left))
         self.measured["per_image"] = self._timed(dataset.per_image, pam, items, self.plan.task, self.settings(),
                                                  limit)
@@ -329,6 +409,15 @@ def _gpu_gb(device: str, allocated: bool = False) -> Optional[float]:
     return (torch.cuda.memory_allocated() if allocated else torch.cuda.max_memory_allocated()) / 2**30
 
 
+def _synchronized(device: str) -> float:
+    """perf_counter() once the device has finished what was queued."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def _numbers(measured: dict) -> dict:
     """The numbers of a run, without its token ids and mask digests."""
     return {k: v for k, v in measured.items() if k not in ("outputs", "masks")}
@@ -383,6 +472,7 @@ def table(report: dict) -> str:
         lines.append(f"  {'run':<22}{'images':>7}{'regions':>8}{'wall s':>8}{'regions/s':>11}{'tokens/s':>10}"
                      f"{'peak GPU GB':>13}")
         lines += [_run_row(name, m) for name, m in runs]
+    lines += _decode_lines(report.get("decode"))
     c = report.get("comparison")
     if c:
         line = f"streaming / per-image regions/s: {c['speedup']:.2f}x"
@@ -397,6 +487,26 @@ def table(report: dict) -> str:
     for section, error in report["errors"].items():
         lines.append(f"ERROR in {section}: {error.strip().splitlines()[-1]}")
     return "\n".join(lines)
+
+
+def _decode_lines(decode: Optional[dict]) -> list[str]:
+    """The decode section as lines: the compiled decoder's float32 identity, then step times per row count."""
+    if not decode:
+        return []
+    i = decode["compiled_identity"]
+    lines = [f"compiled decoder vs eager, float32 on {i['fixture']}: identical token ids {i['identical_texts']}/"
+             f"{i['texts']} texts (first compiled call {i['first_call_seconds']:.0f} s)"]
+    eager, compiled = decode["steps"]["eager"], decode["steps"]["compiled"]
+    if isinstance(compiled, str):
+        lines.append(f"compiled decoding steps {compiled}")
+        compiled = [None] * len(eager)
+    lines.append(f"  {'decoding step':<22}{'KV length':>10}{'eager ms':>10}{'compiled ms':>13}{'speedup':>9}")
+    for plain, fast in zip(eager, compiled):
+        ratio = f"{plain['ms_per_step'] / fast['ms_per_step']:.2f}x" if fast else "-"
+        lines.append(f"  {plain['rows']:>4} row{'s' if plain['rows'] > 1 else ' '}{'':<14}{plain['kv_length']:>10}"
+                     f"{plain['ms_per_step']:>10.1f}{fast['ms_per_step'] if fast else float('nan'):>13.1f}"
+                     f"{ratio:>9}")
+    return lines
 
 
 def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -415,6 +525,10 @@ def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-regions", type=int, default=3, help="regions per image of the stream (3)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens of every text (16; smoke 4)")
     parser.add_argument("--task", default="category")
+    parser.add_argument("--decode-rows", default=None, help="rows of the decode section, comma-separated (1,16,64; "
+                                                           "smoke 1,3)")
+    parser.add_argument("--decode-steps", type=int, default=None, help="timed decoding steps per row count (16; "
+                                                                       "smoke 3)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per regions row, the best kept (2; smoke 1)")
     parser.add_argument("--per-image-seconds", type=float, default=150.0,
                         help="the per-image path stops after the image that passes this time (default: %(default)s)")
@@ -432,6 +546,11 @@ def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         plan.regions = [int(n) for n in (plan.regions or ("1,3" if smoke else "1,8,64")).split(",")]
     except ValueError:
         parser.error(f"--regions takes counts like 1,8,64, got {plan.regions!r}")
+    try:
+        plan.decode_rows = [int(n) for n in (plan.decode_rows or ("1,3" if smoke else "1,16,64")).split(",")]
+    except ValueError:
+        parser.error(f"--decode-rows takes counts like 1,16,64, got {plan.decode_rows!r}")
+    plan.decode_steps = plan.decode_steps or (3 if smoke else 16)
     plan.images = plan.images or (4 if smoke else 200)
     plan.new_tokens = plan.new_tokens or (4 if smoke else 16)
     plan.repeats = plan.repeats or (1 if smoke else 2)
@@ -441,8 +560,10 @@ def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     unknown = sorted(set(plan.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section {', '.join(unknown)}; the sections are {', '.join(SECTIONS)}")
-    if min(plan.regions) < 1 or plan.images < 1 or plan.image_regions < 1 or plan.new_tokens < 1:
-        parser.error("--regions, --images, --image-regions and --new-tokens must be >= 1")
+    if min(plan.regions + plan.decode_rows) < 1 or min(plan.images, plan.image_regions, plan.new_tokens,
+                                                         plan.decode_steps) < 1:
+        parser.error("--regions, --decode-rows, --images, --image-regions, --new-tokens and --decode-steps must be "
+                     ">= 1")
     return plan
 
 

@@ -140,8 +140,8 @@ class PAM:
         Greedy results are the same as one call per region and task."""
         prefixes = self.model.prompt_prefix(visual_embeds, tasks[0])
         task_ids = [self.model.task_ids(task) for task in tasks]
-        decoded = decode(self.model.decoding_llm(self.compile_decoder), prefixes, task_ids,
-                         self.model.decoding_spec(settings), return_first_logits)
+        decoded = decode(self.model.llm, prefixes, task_ids, self.model.decoding_spec(settings), return_first_logits,
+                         step_llm=self.model.decoding_llm(self.compile_decoder))
         return [[Generation(ids, self.model.decode_text(ids), first)
                  for ids, first in per_region] for per_region in decoded]
 

@@ -103,6 +103,11 @@ def _layer_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor
     return list(zip(cache.key_cache, cache.value_cache))
 
 
+def _fit(cache: torch.Tensor, length: int) -> torch.Tensor:
+    """A (rows, heads, L, dim) KV tensor as its last `length` positions, left-padded with zeros where L is shorter."""
+    return _left_pad(cache[:, :, max(0, cache.shape[2] - length):], length, 2)
+
+
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     missing = length - tensor.shape[dim]
     if missing == 0:
@@ -122,8 +127,11 @@ class DecodeBatch:
     ones and a stream of images keeps the batch full.
     """
 
-    def __init__(self, llm, spec: DecodingSpec, return_first_logits: bool = False):
+    def __init__(self, llm, spec: DecodingSpec, return_first_logits: bool = False, step_llm=None):
         self.llm = llm
+        # `step_llm` (default `llm`), e.g. a torch.compile'd `llm`, runs the one-token steps. Prefills run `llm`:
+        # they are long and compute-bound, and each join brings a shape of its own that a compiler would retrace.
+        self.step_llm = llm if step_llm is None else step_llm
         self.spec = spec
         self.return_first_logits = return_first_logits
         self.embed = llm.get_input_embeddings()
@@ -144,9 +152,10 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.tags)
 
-    def _forward(self, cache: DynamicCache, **inputs) -> torch.Tensor:
-        """One forward extending `cache`; float32 logits of each row's last position."""
-        return self.llm(**inputs, **{_CACHE_ARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    @staticmethod
+    def _forward(llm, cache: DynamicCache, **inputs) -> torch.Tensor:
+        """One forward of `llm` extending `cache`; float32 logits of each row's last position."""
+        return llm(**inputs, **{_CACHE_ARG: cache}, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
     @torch.inference_mode()
     def join(self, prefixes: torch.Tensor, task_ids: Sequence[Sequence[int]], tags: Sequence) -> None:
@@ -157,7 +166,7 @@ class DecodeBatch:
         if len(tags) != regions * tasks:
             raise ValueError(f"{len(tags)} tags for {regions} regions x {tasks} tasks")
         cache = DynamicCache()
-        self._forward(cache, inputs_embeds=prefixes,
+        self._forward(self.llm, cache, inputs_embeds=prefixes,
                       attention_mask=torch.ones(regions, prefix_len, dtype=torch.long, device=device))
         if tasks > 1:
             cache.batch_repeat_interleave(tasks)  # rows: region 0 task 0, region 0 task 1, ...
@@ -171,7 +180,7 @@ class DecodeBatch:
             suffix_mask[row, suffix_len - len(ids):] = 1
         attention = torch.cat([torch.ones(rows, prefix_len, dtype=torch.long, device=device), suffix_mask], dim=1)
         positions = (attention.cumsum(-1) - 1)[:, prefix_len:]
-        logits = self._forward(cache, inputs_embeds=self.embed(suffix), attention_mask=attention,
+        logits = self._forward(self.llm, cache, inputs_embeds=self.embed(suffix), attention_mask=attention,
                                position_ids=positions)
         self._append(cache, attention, positions[:, -1:], logits, list(tags))
 
@@ -183,12 +192,12 @@ class DecodeBatch:
         else:
             length = max(self.attention.shape[1], attention.shape[1])
             merged = torch.cat([_left_pad(self.attention, length, 1), _left_pad(attention, length, 1)])
-            unused = int(merged.any(dim=0).long().argmax())  # leading columns every row masks out
-            layers = [tuple(torch.cat([_left_pad(old, length, 2), _left_pad(new, length, 2)])[:, :, unused:]
-                            for old, new in zip(old_kv, new_kv))
+            # leading columns that every row masks out are dropped; what stays is one new, contiguous cache
+            length -= int(merged.any(dim=0).long().argmax())
+            layers = [tuple(torch.cat([_fit(old, length), _fit(new, length)]) for old, new in zip(old_kv, new_kv))
                       for old_kv, new_kv in zip(_layer_tensors(self.cache), _layer_tensors(cache))]
             self.cache = DynamicCache(layers)
-            self.attention = merged[:, unused:]
+            self.attention = merged[:, merged.shape[1] - length:]
             self.positions = torch.cat([self.positions, positions])
             self.logits = torch.cat([self.logits, logits])
         self.tags += tags
@@ -222,7 +231,7 @@ class DecodeBatch:
             self.attention, self.positions, next_ids = self.attention[index], self.positions[index], next_ids[index]
         self.attention = torch.cat([self.attention, self.attention.new_ones(len(self.tags), 1)], dim=1)
         self.positions = self.positions + 1
-        self.logits = self._forward(self.cache, inputs_embeds=self.embed(next_ids[:, None]),
+        self.logits = self._forward(self.step_llm, self.cache, inputs_embeds=self.embed(next_ids[:, None]),
                                     attention_mask=self.attention, position_ids=self.positions)
         return finished_rows
 
@@ -247,14 +256,15 @@ class DecodeBatch:
 
 
 def decode(llm, prefixes: torch.Tensor, task_ids: Sequence[Sequence[int]], spec: DecodingSpec,
-           return_first_logits: bool = False) -> list[list[tuple[list[int], Optional[torch.Tensor]]]]:
-    """Generate for every region (prefix embeddings (R, P, H)) and every task (suffix token ids).
+           return_first_logits: bool = False, step_llm=None) -> list[list[tuple[list[int], Optional[torch.Tensor]]]]:
+    """Generate for every region (prefix embeddings (R, P, H)) and every task (suffix token ids); `step_llm` as
+    in `DecodeBatch`.
 
     Returns, per region and task, the generated ids (end-of-turn stripped) and optionally the first
     step's logits.
     """
     regions, tasks = prefixes.shape[0], len(task_ids)
-    batch = DecodeBatch(llm, spec, return_first_logits)
+    batch = DecodeBatch(llm, spec, return_first_logits, step_llm)
     batch.join(prefixes, task_ids, [(r, t) for r in range(regions) for t in range(tasks)])
     results: list[list] = [[None] * tasks for _ in range(regions)]
     while len(batch):

@@ -178,8 +178,9 @@ class PAMModel(nn.Module):
         return self.tokenize(task.prompt_parts()[1])
 
     def decoding_llm(self, compiled: bool = False) -> nn.Module:
-        """The LLM that decodes: as loaded, or compiled by `torch.compile` (inductor, dynamic shapes: the batch
-        and the KV cache change size every step). Compiled once per model, on first use; the same weights."""
+        """The LLM that runs the one-token decoding steps (`DecodeBatch`'s `step_llm`): as loaded, or compiled by
+        `torch.compile` (inductor, dynamic shapes: the batch and the KV cache change size every step). Compiled once
+        per model, on first use; the same weights."""
         if not compiled:
             return self.llm
         if self._compiled_llm is None:

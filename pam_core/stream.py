@@ -189,7 +189,8 @@ class _Stream:
         self.auto = auto
         self.max_batch = max_batch
         self.encoder_batch = encoder_batch
-        self.batch = DecodeBatch(model.decoding_llm(compile_decoder), model.decoding_spec(generation))
+        self.batch = DecodeBatch(model.llm, model.decoding_spec(generation),
+                                 step_llm=model.decoding_llm(compile_decoder))
         self.waiting: deque[_InFlight] = deque()  # images with regions that have not joined yet
 
     def prepare(self, item: StreamItem, index: int) -> _Prepared:

@@ -169,10 +169,16 @@ def test_stream_settings_are_checked(pam):
 
 @pytest.mark.slow
 def test_a_compiled_decoder_gives_the_eager_token_ids(pam, images, per_image):
-    """`compile_decoder`: torch.compile'd LLM steps (inductor, dynamic shapes) in float32 choose the same tokens."""
+    """`compile_decoder`: torch.compile'd LLM steps (inductor, dynamic shapes) in float32 choose the same tokens,
+    and rows joining and leaving the batch do not make it compile again (one graph, plus one for a single row):
+    a compiler that retraced on every join would spend its time compiling, then fall back to eager."""
+    from torch._dynamo.utils import counters
+
     compiled = PAM(pam.model, max_batch=3, compile_decoder=True)
+    graphs = counters["stats"]["unique_graphs"]
     results = sorted(compiled.describe_stream([StreamItem(i, r) for i, r in zip(images[:2], REGIONS[:2])],
                                               task=TASKS, generation=SETTINGS), key=lambda r: r.index)
     for expected, result in zip(per_image, results):
         _same(expected, result.regions)
+    assert 1 <= counters["stats"]["unique_graphs"] - graphs <= 2
     assert pam.model.decoding_llm(True) is pam.model.decoding_llm(True) is not pam.model.llm
