@@ -42,4 +42,11 @@ class VideoError(PAMError, ValueError):
 
 
 class DatasetError(PAMError, ValueError):
-    """A dataset source (folder, glob, manifest) or output folder cannot be used; the message names the line."""
+    """A dataset source (folder, glob, manifest) or output folder cannot be used; the message names the line.
+
+    `problems`: for a source with several malformed rows, one message per row (the first ones), which a command
+    line shows above its one-line error."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.problems = problems

@@ -375,7 +375,7 @@ ROW = {"image": "a.png", "regions": [{"box": [1, 2, 30, 40]}]}
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("{not json", "images.jsonl line 3 is not valid JSON"),
+    ("{not json", "images.jsonl line 3: the row is not valid JSON"),
     ({"regions": [{"box": [1, 2, 3, 4]}]}, "images.jsonl line 3: 'image' must be a path"),
     ({"image": "c.png", "regions": [{"box": [1, 2, 3]}]}, "line 3: region 1: a box needs 4 numbers"),
     ({"image": "c.png", "regions": [{"box": [1, 2, 30, 40]}, {"points": [[1, 2]], "labels": [1, 0]}]},
@@ -396,6 +396,26 @@ def test_malformed_manifest_row_names_its_line(pam_cli, tmp_path, bad, message):
         assert error.endswith(f"already used by {tmp_path / 'images.jsonl'} line 1; ids must be unique "
                               "(give each row its own 'id')")
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_every_malformed_row_is_listed_in_one_run(pam_cli, tmp_path):
+    """A large manifest is fixed in one pass: the first LISTED_PROBLEMS bad rows above the one-line error."""
+    from pam_core.datasets.sources import LISTED_PROBLEMS
+
+    bad = [json.dumps({"image": f"{n}.png", "regions": [{"box": [1, 2, 3]}]}) for n in range(LISTED_PROBLEMS + 5)]
+    lines = [json.dumps(ROW), "{not json", *bad, json.dumps(ROW)]
+    (tmp_path / "images.jsonl").write_text("\n".join(lines) + "\n")
+    proc = pam_cli("describe-dataset", tmp_path / "images.jsonl", "--out", tmp_path / "out", *NO_MODEL)
+    error = pam_cli.error("describe-dataset", tmp_path / "images.jsonl", "--out", tmp_path / "out", *NO_MODEL)
+    listed = proc.stderr.splitlines()[:-1]
+    manifest = tmp_path / "images.jsonl"
+    assert listed[0] == f"{manifest} line 2: the row is not valid JSON: Expecting property name enclosed in double " \
+                        "quotes: line 1 column 2 (char 1)"
+    assert listed[1:] == [f"{manifest} line {n}: region 1: a box needs 4 numbers x0,y0,x1,y1, got 3"
+                          for n in range(3, 3 + LISTED_PROBLEMS - 1)]
+    # the last row repeats the first one's id; it is counted, past the listed ones
+    assert error == f"pam: error: {listed[0]} (and {LISTED_PROBLEMS + 6} more malformed row(s), listed above)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_malformed_csv_and_parquet_rows_and_sources(pam_cli, tmp_path):

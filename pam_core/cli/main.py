@@ -32,6 +32,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (PAMError, OSError) as exc:  # OSError: e.g. an output folder that cannot be written
         if args.debug:
             raise
+        for problem in getattr(exc, "problems", ()):  # e.g. every malformed row of a manifest, one per line
+            print(problem, file=sys.stderr)
         print(f"pam: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

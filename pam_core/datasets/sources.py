@@ -2,7 +2,7 @@
 
 `open_source` picks the kind; `DatasetSource.check` reads every row once, before any model loads, so that a
 malformed manifest row (bad JSON, no `image`, a region of the wrong shape, a missing mask file, an id used
-twice) is a `DatasetError` naming its file and line. What only the image can tell (that it decodes, that a
+twice) is a `DatasetError` naming its file and line, and listing the other malformed rows. What only the image can tell (that it decodes, that a
 box lies on it, that a mask has its size) is left to the stream, which gives such an image an error row.
 `DatasetSource.rows` reads the rows again, lazily, for the run: a source of a million rows is never held whole.
 """
@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from ..errors import DatasetError, PAMError
 from ..prompts import RegionLike, as_region
@@ -24,6 +24,7 @@ from ..stream import StreamItem
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 MANIFEST_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+LISTED_PROBLEMS = 20  # malformed rows whose messages a failed check lists
 AUTO_PROMPT = {"auto": True}  # the prompt recorded for regions the stream found itself (--everything)
 REGION_KEYS = ("box", "points", "labels", "mask")
 
@@ -55,28 +56,44 @@ class DatasetSource:
         self.kind, self.path = kind, path
         self.needs_regions = needs_regions  # rows without regions are an error (no automatic mode chosen)
 
-    def rows(self) -> Iterator[SourceRow]:
-        return (row for row, _ in self._numbered_rows())
-
     def check(self) -> list[str]:
-        """Every row read and checked: the ids in source order. Raises a DatasetError naming the first bad row,
-        or both rows of a repeated id."""
+        """Every row read and checked: the ids in source order. Raises a DatasetError naming the first bad row (a
+        repeated id names both rows) and how many more there are, with the messages of the first
+        `LISTED_PROBLEMS` in its `problems`, so that a large manifest is fixed in one pass."""
         first_seen: dict[str, int] = {}  # id -> row number; numbers, not messages: a source may be huge
+        problems: list[str] = []
+        malformed = 0
         for row, number in self._numbered_rows():
-            if row.id in first_seen:
-                raise DatasetError(f"{self.where(number)}: id {row.id!r} is already used by "
-                                   f"{self.where(first_seen[row.id])}; ids must be unique (give each row its own "
-                                   "'id')")
-            first_seen[row.id] = number
+            problem = row if isinstance(row, str) else None
+            if problem is None and row.id in first_seen:
+                problem = (f"id {row.id!r} is already used by {self.where(first_seen[row.id])}; ids must be unique "
+                           "(give each row its own 'id')")
+            if problem is None:
+                first_seen[row.id] = number
+                continue
+            malformed += 1
+            if len(problems) < LISTED_PROBLEMS:
+                problems.append(f"{self.where(number)}: {problem}")
+        if malformed:
+            more = f" (and {malformed - 1} more malformed row(s), listed above)" if malformed > 1 else ""
+            raise DatasetError(problems[0] + more, tuple(problems) if malformed > 1 else ())
         if not first_seen:
             what = {"folder": f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})", "glob": "no file"}
             raise DatasetError(f"{self.kind} {self.path} holds {what.get(self.kind, 'no rows')}")
         return list(first_seen)
 
+    def rows(self) -> Iterator[SourceRow]:
+        """The rows, lazily (call `check` first: a malformed row raises here)."""
+        for row, number in self._numbered_rows():
+            if isinstance(row, str):
+                raise DatasetError(f"{self.where(number)}: {row}")
+            yield row
+
     def where(self, number: int) -> str:
         raise NotImplementedError
 
-    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
+    def _numbered_rows(self) -> Iterator[tuple[Union[SourceRow, str], int]]:
+        """(the row, or what is wrong with it, and its number), in source order."""
         raise NotImplementedError
 
 
@@ -103,7 +120,7 @@ class _FileList(DatasetSource):
     def where(self, number: int) -> str:
         return f"file {number} of {self.kind} {self.path}"
 
-    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
+    def _numbered_rows(self) -> Iterator[tuple[Union[SourceRow, str], int]]:
         for number, (image_id, image) in enumerate(self._files(), 1):
             yield SourceRow(image_id, image, None, None), number
 
@@ -121,22 +138,21 @@ class _Manifest(DatasetSource):
     def where(self, number: int) -> str:
         return f"{self.path} {'row' if self.format == 'parquet' else 'line'} {number}"
 
-    def _numbered_rows(self) -> Iterator[tuple[SourceRow, int]]:
+    def _numbered_rows(self) -> Iterator[tuple[Union[SourceRow, str], int]]:
         for number, record in self._records():
             try:
-                row = self._row(record)
+                yield self._row(record), number
             except PAMError as exc:
-                raise DatasetError(f"{self.where(number)}: {exc}") from None
-            yield row, number
+                yield str(exc), number
 
     def _records(self) -> Iterator[tuple[int, Any]]:
-        """(line or row number, the row as a dict or whatever the line held)."""
+        """(line or row number, the row: a dict, or a JSONL line's text)."""
         try:
             if self.format == "jsonl":
                 with open(self.path, encoding="utf-8") as lines:
                     for number, line in enumerate(lines, 1):
                         if line.strip():
-                            yield number, _json(line, self.where(number))
+                            yield number, line  # parsed with the row's other checks: one bad row of many
             elif self.format == "csv":
                 with open(self.path, encoding="utf-8", newline="") as text:
                     reader = csv.DictReader(text)
@@ -150,6 +166,8 @@ class _Manifest(DatasetSource):
             raise DatasetError(f"cannot read manifest {self.path}: {exc}") from None
 
     def _row(self, record: Any) -> SourceRow:
+        if self.format == "jsonl":
+            record = _json(record, "the row")
         if not isinstance(record, dict):
             raise DatasetError(f"a manifest row must be an object with 'image', got {_shown(record)}")
         image = record.get("image")
