@@ -40,6 +40,7 @@ from .labels import PROMPT_LABEL_TYPES, detection_from_result, label_tasks, regi
 from .shards import Shard
 from .similarity import compute_pam_similarity
 from .video import (
+    automatic_prompt_labels,
     captions_field,
     check_prompt_frame,
     describe_video_sample,
@@ -54,7 +55,8 @@ DEFAULT_TASKS = ("category", "detailed")
 DEFAULT_MAX_REGIONS = AutoMaskSettings().max_regions
 RUNS_INFO_KEY = "pam_runs"  # dataset.info[RUNS_INFO_KEY][label_field] = the settings of the run that wrote it
 BATCH_SIZE = 16  # samples read from the database together, and saved together in one bulk write
-IMAGE_OPTIONS = ("max_regions", "auto", "concepts", "find_threshold", "max_instances", "sam3")
+AUTO_OPTIONS = ("max_regions", "auto")  # automatic regions: of each image, or of each video's prompt frame
+IMAGE_OPTIONS = ("concepts", "find_threshold", "max_instances", "sam3")
 VIDEO_OPTIONS = ("prompts", "prompt_frame", "window", "segments", "carry")
 BACKENDS = ("local", "ray")
 # apply_pam's options of backend="ray" -> the RayWorkers fields they set
@@ -279,6 +281,7 @@ def _ray_workers(backend: str, options: dict, video: bool, model: ModelRef) -> O
 def _media_options(dataset: fo.Dataset, options: dict, video: bool) -> dict:
     """The media-specific options given (None counts as not given); those of the other media type are refused."""
     own, other = (VIDEO_OPTIONS, IMAGE_OPTIONS) if video else (IMAGE_OPTIONS, VIDEO_OPTIONS)
+    own += AUTO_OPTIONS
     unknown = sorted(set(options) - set(own) - set(other))
     if unknown:
         raise TypeError(f"unexpected keyword arguments {unknown}")
@@ -411,15 +414,19 @@ def _labelled(run: RunContext, sample, result: StreamResult, names: Optional[lis
 
 def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Tasks], lang: str,
                 prompts: Optional[dict] = None, prompt_frame: Optional[int] = None, window: Optional[int] = None,
-                segments: Optional[list[tuple[int, int]]] = None, carry: str = "box"):
-    """Each video's prompted objects tracked into frame Detections and captioned per segment into
-    TemporalDetections (`<label_field>_captions`, which marks the video done)."""
+                segments: Optional[list[tuple[int, int]]] = None, carry: str = "box",
+                max_regions: int = DEFAULT_MAX_REGIONS, auto: Optional[AutoMaskSettings] = None):
+    """Each video's prompted objects (or, with neither a prompt field nor prompts, the objects PAM finds on the
+    prompt frame) tracked into frame Detections and captioned per segment into TemporalDetections
+    (`<label_field>_captions`, which marks the video done)."""
     settings = video_settings(tasks, lang, window, segments, carry)
     check_prompt_frame(prompt_frame)
     prompt_field = prompt_field.removeprefix("frames.") if prompt_field is not None else None
-    if (prompt_field is None) == (prompts is None):
-        raise PromptError("a video run needs its prompts from a frame-level prompt_field or as prompts="
-                          "{frame number: Detections/Keypoints/Polylines}, one of the two")
+    if prompt_field is not None and prompts is not None:
+        raise PromptError("a video run takes its prompts from a frame-level prompt_field or as prompts="
+                          "{frame number: Detections/Keypoints/Polylines}, not both (neither: PAM finds the objects "
+                          "on the prompt frame)")
+    auto = auto or AutoMaskSettings(max_regions=max_regions)
     record = run.record(prompt_field, [settings.task], lang, explicit_prompts=prompts is not None,
                         prompt_frame=prompt_frame, window=window,
                         segments=[list(pair) for pair in segments] if segments else None, carry=carry)
@@ -436,7 +443,12 @@ def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
             run.dataset.add_sample_field(done_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.TemporalDetections)
 
     def describe(pam: PAM, sample) -> int:
-        labels = prompts if prompts is not None else prompt_labels(sample, prompt_field, prompt_frame)
+        if prompts is not None:
+            labels = prompts
+        elif prompt_field is not None:
+            labels = prompt_labels(sample, prompt_field, prompt_frame)
+        else:
+            labels = automatic_prompt_labels(pam, sample.filepath, prompt_frame or 1, auto)
         frames, captions = describe_video_sample(pam, sample.filepath, labels, settings, run.generation,
                                                  run.model.name, run.mask_dir, sample.id)
         write_video_labels(sample, run.label_field, frames, captions)
@@ -491,6 +503,9 @@ def _describe_samples(run: RunContext, record: dict, done_field: str, declare: C
     run goes on. With a `shard`, the run is over that shard's samples only (see shards.py).
     """
     samples, dataset = run.samples, run.dataset
+    # The schema and info as they are now: another process (a delegated operation, a run killed midway) may have
+    # declared the run's fields since this Dataset object was loaded, and a stale one would redo every sample.
+    dataset.reload()
     if run.prepare_only:
         _prepare(run, record, declare)
         if run.overwrite:
@@ -570,7 +585,8 @@ def apply_pam(sample_collection, label_field: str = "pam", prompt_field: Optiona
     Video datasets: each prompt object is tracked through the video and captioned per segment, into
     frame-level Detections `frames.<label_field>` (`index` = track id) and TemporalDetections
     `<label_field>_captions`. Prompts come from the frame-level `prompt_field` on `prompt_frame`, or on the
-    first frame where it has any, or from `prompts={frame number: label}` (the same for every video). One
+    first frame where it has any, or from `prompts={frame number: label}` (the same for every video); with
+    neither, the objects PAM finds on `prompt_frame` (default 1; `max_regions`, `auto`) are tracked. One
     task (default "caption", the video task); `window` (frames per caption) or `segments` ([(first, last)]
     frame numbers), `carry` ("box" or "memory", see pam_core). Frame numbers are FiftyOne's, from 1.
     "regions" in the summary counts tracked objects.

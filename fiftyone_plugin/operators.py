@@ -55,21 +55,20 @@ class DescribeRegions(foo.Operator):
         inputs = types.Object()
         inputs.view_target(ctx)
         video = ctx.dataset.media_type == "video"
-        prompt_choices = types.Dropdown(label="Regions from")
-        if not video:  # pam_core finds regions automatically in images only
-            prompt_choices.add_choice(AUTOMATIC, label="Describe everything (automatic regions)")
-        for name in _prompt_fields(ctx.dataset):
+        prompt_choices = types.Dropdown(label="Objects from" if video else "Regions from")
+        prompt_choices.add_choice(AUTOMATIC, label="What PAM finds on the prompt frame" if video
+                                  else "Describe everything (automatic regions)")
+        fields = _prompt_fields(ctx.dataset)
+        for name in fields:
             prompt_choices.add_choice(name, label=name)
         if video:
-            if not prompt_choices.values():
-                inputs.view("none", types.Warning(label="No frame-level Detections, Keypoints or Polylines field "
-                                                        "to take the objects to track from"))
-                return types.Property(inputs)
-            inputs.enum("prompt_field", prompt_choices.values(), default=prompt_choices.values()[0],
+            inputs.enum("prompt_field", prompt_choices.values(), default=fields[0] if fields else AUTOMATIC,
                         view=prompt_choices, required=True,
-                        description="A frame-level field: each object on the prompt frame is tracked")
+                        description="A frame-level field, each of whose objects on the prompt frame is tracked, or "
+                                    "the objects PAM finds there")
             inputs.int("prompt_frame", label="Prompt frame (optional)",
-                       description="Frame number (from 1) whose objects are tracked; default the first that has any")
+                       description="Frame number (from 1) whose objects are tracked; default the first that has any "
+                                   "(automatic objects: frame 1)")
         else:
             inputs.enum("prompt_field", prompt_choices.values(), default=AUTOMATIC, view=prompt_choices,
                         description="A Detections (boxes or masks), Keypoints or Polylines field, or automatic regions")
@@ -106,8 +105,8 @@ class DescribeRegions(foo.Operator):
                     description="Redo samples already done (otherwise they are skipped and an interrupted run resumes)")
         inputs.str("model", default=DEFAULT_MODEL, label="PAM checkpoint (Hub id or folder)")
         inputs.str("sam2", default=DEFAULT_SAM2, label="SAM 2.1 weights (Hub id or file)")
-        if not video:
-            inputs.int("max_regions", default=DEFAULT_MAX_REGIONS, label="Max automatic regions per image")
+        inputs.int("max_regions", default=DEFAULT_MAX_REGIONS,
+                   label="Max automatic objects per video" if video else "Max automatic regions per image")
         inputs.int("max_new_tokens", default=512, label="Max new tokens per text")
         inputs.int("shards", default=1, label="Split into delegated operations",
                    description="More than 1: queue this many delegated operations, each over a share of the samples, "
@@ -149,6 +148,7 @@ def describe_options(params: dict, media_type: str) -> dict:
         model=params.get("model") or DEFAULT_MODEL,
         sam2=params.get("sam2") or DEFAULT_SAM2, overwrite=bool(params.get("overwrite", False)),
         max_new_tokens=int(params.get("max_new_tokens", 512)),
+        max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)),
         local_files_only=True)  # the App never downloads weights; see the README for fetching them
     if media_type == "video":
         options.update(tasks=params.get("instruction") or params.get("task") or VIDEO_CAPTION,
@@ -159,7 +159,7 @@ def describe_options(params: dict, media_type: str) -> dict:
         tasks = list(params.get("tasks") or DEFAULT_TASKS)
         if params.get("instruction"):
             tasks.append(params["instruction"])
-        options.update(tasks=tasks, max_regions=int(params.get("max_regions", DEFAULT_MAX_REGIONS)))
+        options["tasks"] = tasks
         concepts = [c for c in (params.get("concepts") or "").split(",") if c.strip()]
         if concepts:
             options.update(concepts=concepts, sam3=params.get("sam3") or DEFAULT_SAM3,
@@ -229,14 +229,14 @@ def queue_pam_shards(sample_collection, shards: int, label_field: str = "pam", p
     tasks = [tasks] if isinstance(tasks, str) else list(tasks or (VIDEO_CAPTION if dataset.media_type == "video"
                                                                   else DEFAULT_TASKS))
     params = dict(label_field=label_field, prompt_field=prompt_field or AUTOMATIC, lang=lang, model=str(model),
-                  sam2=str(sam2), overwrite=overwrite, max_new_tokens=max_new_tokens)
+                  sam2=str(sam2), overwrite=overwrite, max_new_tokens=max_new_tokens, max_regions=max_regions)
     if dataset.media_type == "video":
         if len(tasks) != 1:
             raise ValueError(f"a video run has one task (or free instruction), not {tasks}")
         params.update(task=tasks[0], prompt_frame=prompt_frame, window=window, carry=carry,
                       segments=",".join(f"{first}-{last}" for first, last in segments) if segments else None)
     else:
-        params.update(tasks=tasks, max_regions=max_regions)
+        params["tasks"] = tasks
         if concepts:
             params.update(concepts=",".join(concepts), find_threshold=find_threshold, max_instances=max_instances,
                           sam3=str(sam3))

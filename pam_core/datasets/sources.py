@@ -2,9 +2,10 @@
 
 `open_source` picks the kind; `DatasetSource.check` reads every row once, before any model loads, so that a
 malformed manifest row (bad JSON, no `image`, a region of the wrong shape, a missing mask file, an id used
-twice) is a `DatasetError` naming its file and line, and listing the other malformed rows. What only the image can tell (that it decodes, that a
-box lies on it, that a mask has its size) is left to the stream, which gives such an image an error row.
-`DatasetSource.rows` reads the rows again, lazily, for the run: a source of a million rows is never held whole.
+twice) is a `DatasetError` naming its file and line, and listing the other malformed rows. What only the image
+can tell (that it decodes, that a box lies on it, that a mask has its size) is left to the stream, which gives
+such an image an error row. `DatasetSource.rows` reads the rows again, lazily, for the run: a source of a
+million rows is never held whole.
 """
 
 from __future__ import annotations

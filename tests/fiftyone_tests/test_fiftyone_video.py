@@ -13,7 +13,9 @@ import pytest
 
 from fiftyone_plugin import PAMRegionModel, apply_pam, caption_search_view
 from fiftyone_plugin.labels import video_prompts_from_labels
+from fiftyone_plugin.operators import AUTOMATIC, describe_options
 from fiftyone_plugin.panel import region_texts_markdown
+from fiftyone_plugin.video import automatic_prompt_labels
 from helpers import CHECKPOINT, SAM2, needs_ffmpeg, needs_fixture
 from helpers import FIFTYONE_PLUGIN as PLUGIN
 from pam_core import AutoMaskSettings, GenerationSettings, Region
@@ -167,16 +169,16 @@ def test_frame_numbers_are_converted_once():
 
 def test_bad_video_runs_fail_before_any_work(pam, clip):
     dataset = video_dataset("pam-video-bad", [(clip, {1: prompt(SQUARE)})])
-    with pytest.raises(PromptError, match="one of the two"):
-        apply_pam(dataset, model=pam)  # videos have no automatic regions
+    with pytest.raises(PromptError, match="not both"):
+        apply_pam(dataset, prompt_field="gt", prompts={1: prompt(SQUARE)}, model=pam)
     with pytest.raises(TaskError, match="one task"):
         apply_pam(dataset, prompt_field="gt", tasks=("category", "brief"), model=pam)
     with pytest.raises(VideoError, match="start at 1"):
         apply_pam(dataset, prompt_field="gt", segments=[(0, 2)], model=pam)
     with pytest.raises(ValueError, match="does not exist"):
         apply_pam(dataset, prompt_field="nothing", model=pam)
-    with pytest.raises(ValueError, match="max_regions: only for image datasets"):
-        apply_pam(dataset, prompt_field="gt", max_regions=4, model=pam)
+    with pytest.raises(ValueError, match="concepts: only for image datasets"):
+        apply_pam(dataset, concepts=["square"], model=pam)
     assert "pam" not in dataset.get_frame_field_schema() and "pam_captions" not in dataset.get_field_schema()
     images = fo.Dataset("pam-video-options-on-images", overwrite=True)
     images.add_sample(fo.Sample(filepath="/nonexistent/image.png"))
@@ -191,8 +193,10 @@ def test_describe_operator_on_a_video_dataset(clip):
     operator = foo.get_operator(f"{PLUGIN}/describe_regions")
     ctx = ExecutionContext(request_params=dict(dataset_name=dataset.name, params={}))
     form = operator.resolve_input(ctx).to_json()["type"]["properties"]
-    assert form["prompt_field"]["type"]["values"] == ["gt"]  # frame fields; no automatic regions for videos
-    assert {"task", "prompt_frame", "window", "segments", "carry"} <= set(form) and "tasks" not in form
+    assert form["prompt_field"]["type"]["values"] == [AUTOMATIC, "gt"]  # what PAM finds, or the frame fields
+    assert form["prompt_field"]["default"] == "gt"
+    assert {"task", "prompt_frame", "window", "segments", "carry", "max_regions"} <= set(form)
+    assert "tasks" not in form and "concepts" not in form
     params = dict(prompt_field="gt", task="caption", lang="en", label_field="pam", model=str(CHECKPOINT),
                   sam2=str(SAM2), max_new_tokens=4, segments="2-4", view_target="DATASET")
     result = foo.execute_operator(f"{PLUGIN}/describe_regions", ctx=dict(dataset=dataset, params=params))
@@ -200,6 +204,38 @@ def test_describe_operator_on_a_video_dataset(clip):
     sample = dataset.first()
     assert [(d.support, d.label) for d in sample.pam_captions.detections] == [([2, 4], "square")]
     assert [number for number, frame in sample.frames.items() if frame.pam is not None] == [2, 3, 4]
+
+
+@pytest.mark.slow
+def test_videos_without_prompts_track_what_pam_finds_on_the_prompt_frame(pam, clip):
+    """apply_pam and the operator with neither a prompt field nor prompts: the objects PAM finds on the prompt frame
+    are tracked and captioned, exactly as when they are given as prompts."""
+    from fiftyone.operators.executor import ExecutionContext
+
+    auto = AutoMaskSettings(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, max_regions=2)
+    found = automatic_prompt_labels(pam, str(clip), 2, auto)
+    assert 1 <= len(found[2].detections) <= 2
+    given = video_dataset("pam-video-found-given", [(clip, {})])
+    apply_pam(given, model=pam, generation=FAST, prompts=found)
+    automatic = video_dataset("pam-video-found", [(clip, {})])
+    summary = apply_pam(automatic, model=pam, generation=FAST, prompt_frame=2, auto=auto)
+    assert (summary["samples"], summary["regions"]) == (1, len(found[2].detections))
+
+    def content(sample):
+        return {key: (d.label, d.bounding_box, d.confidence, d.mask.tobytes())
+                for key, d in frame_tracks(sample).items()}
+
+    assert content(automatic.first()) == content(given.first())
+    assert {number for number, _ in content(automatic.first())} == set(range(1, FRAMES + 1))  # tracked back to 1
+    assert [d.caption for d in automatic.first().pam_captions.detections] == \
+        [d.caption for d in given.first().pam_captions.detections]
+
+    # the operator's form on a dataset without frame fields offers what PAM finds
+    operator = foo.get_operator(f"{PLUGIN}/describe_regions")
+    ctx = ExecutionContext(request_params=dict(dataset_name=automatic.name, params={}))
+    form = operator.resolve_input(ctx).to_json()["type"]["properties"]
+    assert form["prompt_field"]["type"]["values"] == [AUTOMATIC] == [form["prompt_field"]["default"]]
+    assert describe_options({"prompt_field": AUTOMATIC, "max_regions": 2}, "video")["prompt_field"] is None
 
 
 def test_search_and_panel_read_video_captions():
