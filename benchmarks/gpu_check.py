@@ -7,12 +7,12 @@ finishes (a section that fails records its error and the others still run):
   regions      real size (random SAM 2.1 Hiera-L + Qwen2.5-1.5B shape, bfloat16), warm: 1, 8 and 64 regions of one
                image, each call with its own encoder pass: regions/s, tokens/s, peak GPU memory
   stream       real size: 200 images x 3 regions through `describe_stream`
-  per_image    the same images through `describe` one by one, stopped in time to leave the decode section its share
+  per_image    the same images through `describe` one by one, stopped in time to leave the decode sections their share
                of --budget-seconds; then the comparison: streaming / per-image regions/s and identical token ids,
                against the targets
-  decode       real size: milliseconds per decoding step at 1, 16 and 64 rows after a 1,071-position prompt, eager
-               and through `compile_decoder` (torch.compile; skipped when too little of the budget is left), and
-               whether the compiled decoder chooses the eager token ids on the fixture in float32 (TF32 off)
+  decode       real size: milliseconds per decoding step at 1, 16 and 64 rows after the real 1,071-position prompt
+  compiled     `compile_decoder` (torch.compile): the fixture's token ids in float32 (TF32 off) against eager decoding,
+               then the decode section's steps compiled; skipped when too little of the budget is left
 
 Every text is forced to --new-tokens tokens (16). `--cpu-smoke` runs every section on the CPU at tiny size (a
 random checkpoint from pam_core.synthetic in float32, fewer regions and images): CI's smoke test.
@@ -44,7 +44,7 @@ import dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / ".gpu-check" / "fixtures.pack.xz"  # written by `gpu_check.sh --prepare`, carried to the GPU machine
-SECTIONS = ("environment", "parity", "bf16", "regions", "stream", "per_image", "decode")
+SECTIONS = ("environment", "parity", "bf16", "regions", "stream", "per_image", "decode", "compiled")
 BF16_TASKS = ["category", "detailed"]
 # issue #13: H200, real size, bf16, warm, 16-token texts, 3 regions/image
 STREAM_TARGET_REGIONS_PER_S = 25.0
@@ -52,7 +52,7 @@ STREAM_TARGET_SPEEDUP = 10.0
 BUDGET_MARGIN_S = 20.0  # kept for writing the report after the per-image path
 MIN_PER_IMAGE_S = 20.0
 MIN_COMPILE_S = 150.0  # budget left that the compiled decoder's steps need (inductor compiles the real-size LLM first)
-DECODE_RESERVE_S = 200.0  # what the per-image path leaves of the budget for the decode section after it
+DECODE_RESERVE_S = 200.0  # what the per-image path leaves of the budget for the decode sections after it
 DECODE_WARMUP_STEPS = 2
 SUMMARY_LINE = re.compile(r"parity: (\d+) passed, (\d+) failed, (\d+) not supported")
 
@@ -250,17 +250,17 @@ class GpuCheck:
         return {"model": self.model, **_numbers(self.measured["stream"])}
 
     def decode(self) -> dict:
-        """Decoding steps alone, eager against `compile_decoder`: the input for choosing how to decode on this device
-        (launch overhead shows as flat step times from 1 to 64 rows). The compiled part is skipped, and says so,
-        when less than MIN_COMPILE_S of --budget-seconds is left."""
-        identity = self._compiled_identity()
-        rows = {"eager": self._decode_steps(compiled=False)}
+        """Decoding steps alone, eager: launch overhead shows as step times that stay flat from 1 to 64 rows."""
+        return {"model": self.model, "steps": self._decode_steps(compiled=False)}
+
+    def compiled(self) -> dict:
+        """`compile_decoder`: the fixture's float32 token ids against eager decoding, then the decode section's step
+        times through the compiled steps. Skipped, and says so, when less than MIN_COMPILE_S of --budget-seconds is
+        left (inductor compiles first); its own section, so that a compile that outruns the run costs no other."""
         left = self.plan.budget_seconds - (time.perf_counter() - self.started)
-        if left >= MIN_COMPILE_S or self.plan.cpu_smoke:
-            rows["compiled"] = self._decode_steps(compiled=True)
-        else:
-            rows["compiled"] = f"skipped: {left:.0f} s of --budget-seconds left, {MIN_COMPILE_S:g} s needed"
-        return {"model": self.model, "compiled_identity": identity, "steps": rows}
+        if left < MIN_COMPILE_S and not self.plan.cpu_smoke:
+            return {"skipped": f"{left:.0f} s of --budget-seconds left, {MIN_COMPILE_S:g} s needed"}
+        return {"identity": self._compiled_identity(), "steps": self._decode_steps(compiled=True)}
 
     def _compiled_identity(self) -> dict:
         """The fixture in float32 (TF32 off), `describe` eager and with `compile_decoder`: identical token ids?"""
@@ -322,10 +322,10 @@ class GpuCheck:
 
     def per_image(self) -> dict:
         """The dataset through `describe`, image by image, stopped after the image that passes --per-image-seconds
-        or what is left of --budget-seconds once the decode section's share is kept (its regions/s is a rate, and
+        or what is left of --budget-seconds once the decode sections' share is kept (its regions/s is a rate, and
         the images it did are recorded)."""
         pam, items = self.pam(), self.items()
-        reserve = DECODE_RESERVE_S if "decode" in self.plan.sections else 0.0
+        reserve = DECODE_RESERVE_S if {"decode", "compiled"} & set(self.plan.sections) else 0.0
         left = self.plan.budget_seconds - (time.perf_counter() - self.started) - BUDGET_MARGIN_S - reserve
         limit = max(MIN_PER_IMAGE_S, min(self.plan.per_image_seconds, left))
         self.measured["per_image"] = self._timed(dataset.per_image, pam, items, self.plan.task, self.settings(),
@@ -472,7 +472,7 @@ def table(report: dict) -> str:
         lines.append(f"  {'run':<22}{'images':>7}{'regions':>8}{'wall s':>8}{'regions/s':>11}{'tokens/s':>10}"
                      f"{'peak GPU GB':>13}")
         lines += [_run_row(name, m) for name, m in runs]
-    lines += _decode_lines(report.get("decode"))
+    lines += _decode_lines(report.get("decode"), report.get("compiled"))
     c = report.get("comparison")
     if c:
         line = f"streaming / per-image regions/s: {c['speedup']:.2f}x"
@@ -489,23 +489,24 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _decode_lines(decode: Optional[dict]) -> list[str]:
-    """The decode section as lines: the compiled decoder's float32 identity, then step times per row count."""
-    if not decode:
-        return []
-    i = decode["compiled_identity"]
-    lines = [f"compiled decoder vs eager, float32 on {i['fixture']}: identical token ids {i['identical_texts']}/"
-             f"{i['texts']} texts (first compiled call {i['first_call_seconds']:.0f} s)"]
-    eager, compiled = decode["steps"]["eager"], decode["steps"]["compiled"]
-    if isinstance(compiled, str):
-        lines.append(f"compiled decoding steps {compiled}")
-        compiled = [None] * len(eager)
-    lines.append(f"  {'decoding step':<22}{'KV length':>10}{'eager ms':>10}{'compiled ms':>13}{'speedup':>9}")
-    for plain, fast in zip(eager, compiled):
-        ratio = f"{plain['ms_per_step'] / fast['ms_per_step']:.2f}x" if fast else "-"
-        lines.append(f"  {plain['rows']:>4} row{'s' if plain['rows'] > 1 else ' '}{'':<14}{plain['kv_length']:>10}"
-                     f"{plain['ms_per_step']:>10.1f}{fast['ms_per_step'] if fast else float('nan'):>13.1f}"
-                     f"{ratio:>9}")
+def _decode_lines(decode: Optional[dict], compiled: Optional[dict]) -> list[str]:
+    """The decode sections as lines: the compiled decoder's float32 identity, then step times per row count."""
+    lines = []
+    if compiled and "skipped" in compiled:
+        lines.append(f"compiled decoder skipped: {compiled['skipped']}")
+    elif compiled:
+        i = compiled["identity"]
+        lines.append(f"compiled decoder vs eager, float32 on {i['fixture']}: identical token ids "
+                     f"{i['identical_texts']}/{i['texts']} texts (first compiled call {i['first_call_seconds']:.0f} s)")
+    eager = (decode or {}).get("steps") or []
+    fast = {row["rows"]: row for row in (compiled or {}).get("steps") or []}
+    if eager:
+        lines.append(f"  {'decoding step':<22}{'KV length':>10}{'eager ms':>10}{'compiled ms':>13}{'speedup':>9}")
+    for row in eager:
+        other = fast.get(row["rows"])
+        lines.append(f"  {row['rows']:>4} row{'s' if row['rows'] > 1 else ' '}{'':<14}{row['kv_length']:>10}"
+                     f"{row['ms_per_step']:>10.1f}{other['ms_per_step'] if other else float('nan'):>13.1f}"
+                     f"{row['ms_per_step'] / other['ms_per_step'] if other else float('nan'):>8.2f}x")
     return lines
 
 
