@@ -60,9 +60,9 @@ def resolve_model_dir(model: str | os.PathLike, local_files_only: Optional[bool]
     if path.exists():
         return _checked_model_dir(path)
     ref = str(model)
-    parts = ref.split("/")
-    if len(parts) not in (2, 3) or not all(parts) or ref.startswith((".", "/", "~")):
+    if not _hub_id(ref):
         raise WeightsNotFoundError(f"PAM checkpoint folder not found: {ref}")
+    parts = ref.split("/")
     repo_id = "/".join(parts[:2])
     subfolder = parts[2] if len(parts) == 3 else parts[1]
     if local_files_only is None:
@@ -74,6 +74,26 @@ def resolve_model_dir(model: str | os.PathLike, local_files_only: Optional[bool]
     if not folder.is_dir():
         raise WeightsNotFoundError(f"PAM checkpoint {repo_id!r} has no subfolder {subfolder!r}. {hint}")
     return _checked_model_dir(folder)
+
+
+def _hub_id(ref: str, subfolder: bool = True) -> bool:
+    """Whether a reference that is no local path reads as a Hub id: "owner/repo", or with `subfolder`
+    "owner/repo/subfolder" too."""
+    parts = ref.split("/")
+    return len(parts) in ((2, 3) if subfolder else (2,)) and all(parts) and not ref.startswith((".", "/", "~"))
+
+
+def check_local_weights(model: str, sam2: Optional[str], sam2_config: Optional[str] = None,
+                        sam3: Optional[str] = None) -> None:
+    """Raises now, without loading anything, the error loading would give for a PAM folder, SAM 2 file or SAM 3
+    folder named by a local path that is missing or incomplete. Hub ids are left to the loader: they may be in the
+    cache of the machine that loads them."""
+    if Path(model).expanduser().exists() or not _hub_id(model):
+        resolve_model_dir(model, local_files_only=True)
+    if (sam2 or DEFAULT_SAM2) not in SAM2_HUB_FILES:
+        resolve_sam2(sam2, sam2_config, local_files_only=True)
+    if sam3 is not None and (Path(sam3).expanduser().exists() or not _hub_id(sam3, subfolder=False)):
+        resolve_sam3_dir(sam3, local_files_only=True)
 
 
 def _checked_model_dir(path: Path) -> Path:
@@ -96,8 +116,7 @@ def resolve_sam3_dir(sam3: str | os.PathLike = DEFAULT_SAM3, local_files_only: O
     if path.exists():
         return _checked_sam3_dir(path)
     ref = str(sam3)
-    parts = ref.split("/")
-    if len(parts) != 2 or not all(parts) or ref.startswith((".", "/", "~")):
+    if not _hub_id(ref, subfolder=False):
         raise WeightsNotFoundError(f"SAM 3 folder not found: {ref} (give a folder or a Hub id such as {DEFAULT_SAM3})")
     if local_files_only is None:
         local_files_only = offline()

@@ -440,6 +440,10 @@ def test_malformed_csv_and_parquet_rows_and_sources(pam_cli, tmp_path):
         *NO_MODEL)
     assert "Ray is not installed: pip install 'pam-suite[ray]'" in _without_ray(
         "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--ray", "local")
+    # a model path missing on this machine ends a local Ray run before Ray starts: one line, no worker tracebacks
+    (tmp_path / "ok.jsonl").write_text(json.dumps(ROW) + "\n")
+    assert pam_cli.error("describe-dataset", tmp_path / "ok.jsonl", "--out", tmp_path / "ray-out", "--ray", "local",
+                         *NO_MODEL[:4]).endswith("PAM checkpoint folder not found: /nonexistent/pam")
     assert "workers and the Ray batch size must be >= 1, got 0" in pam_cli.error(
         "describe-dataset", tmp_path / "m.csv", "--out", tmp_path / "out", "--ray", "local", "--workers", "0",
         *NO_MODEL)

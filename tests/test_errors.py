@@ -321,6 +321,26 @@ def test_offline_missing_sam2_hub_id(pam_cli, tmp_path, empty_offline_hub):
     assert "hf download" in line and "sam2.1-hiera-large" in line
 
 
+@needs_fixture
+def test_local_weights_are_checked_without_loading_and_hub_ids_left_to_the_loader(tmp_path, empty_offline_hub):
+    """`check_local_weights` (what a Ray run on this machine checks before starting workers): a missing or incomplete
+    local folder or file raises what loading would raise; Hub ids, in no cache here, pass (a worker may have them)."""
+    from pam_core.checkpoint import check_local_weights
+
+    check_local_weights(str(CHECKPOINT), str(SAM2))
+    check_local_weights("Perceive-Anything/PAM-1.5B", "facebook/sam2.1-hiera-large", sam3="facebook/sam3")
+    with pytest.raises(WeightsNotFoundError, match="PAM checkpoint folder not found: /nonexistent/pam"):
+        check_local_weights("/nonexistent/pam", str(SAM2))
+    (tmp_path / "half").mkdir()
+    with pytest.raises(CheckpointError, match="is missing config.json"):
+        check_local_weights(str(tmp_path / "half"), str(SAM2))
+    with pytest.raises(WeightsNotFoundError, match="SAM 2 weights not found: /nonexistent/sam2.pt"):
+        check_local_weights(str(CHECKPOINT), "/nonexistent/sam2.pt")
+    with pytest.raises(WeightsNotFoundError, match="SAM 3 folder not found: ./sam3"):
+        check_local_weights(str(CHECKPOINT), str(SAM2), sam3="./sam3")
+    assert not any(empty_offline_hub.rglob("*.*"))  # nothing was fetched
+
+
 def test_missing_local_model_folder(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="not found"):
         PAM.from_pretrained(str(tmp_path / "no" / "such" / "folder"), device="cpu", local_files_only=True)

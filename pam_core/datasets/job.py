@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from ..automask import AutoMaskSettings
+from ..checkpoint import check_local_weights
 from ..concepts import DEFAULT_MAX_INSTANCES, DEFAULT_SAM3, DEFAULT_THRESHOLD, concept_finder
 from ..engine import PAM
 from ..generation import GenerationSettings
@@ -66,6 +67,11 @@ class DescribeJob:
                 "everything": asdict(self.auto) if self.everything else None,
                 "find": {"concepts": concepts, "threshold": self.find_threshold, "max_instances": self.max_instances,
                          "sam3": self.sam3} if concepts else None}
+
+    def check_local_weights(self) -> None:
+        """The error `load` would give for weights named by a local path that is missing or incomplete, now."""
+        check_local_weights(self.source.model, self.source.sam2, self.source.sam2_config,
+                            self.sam3 if self.concepts else None)
 
     def load(self) -> PAM:
         """PAM (and SAM 3 when the job finds concepts) on this process's device."""

@@ -74,6 +74,8 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
     rows = list(rows)
     if not rows:
         return
+    if workers.address == LOCAL:  # the workers read this machine's files: a bad path is one line now, not dead actors
+        job.check_local_weights()
     initialized = _connect(ray, workers.address)
     context = ray.data.DataContext.get_current()
     shown = context.enable_progress_bars, context.print_on_execution_start
