@@ -57,15 +57,17 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     assert report["bf16"]["texts"] == 8 and 0 <= report["bf16"]["token_agreement"] <= 1
     assert 0 <= report["bf16"]["mask_iou_min"] <= report["bf16"]["mask_iou_mean"] <= 1
     assert [row["regions"] for row in report["regions"]["rows"]] == [1, 3]
-    for run in (report["stream"], report["per_image"]):
+    for run in (report["stream"], report["per_image"], report["compiled_stream"]):
         assert run["images"] == 4 and run["regions"] == 12 and run["tokens"] == 12 * 4 and run["regions_per_s"] > 0
     assert report["comparison"]["outputs"]["identical"]  # float32: the stream gives what describe gives
+    assert report["comparison"]["compiled"]["outputs"]["identical"]  # and so does the compiled decoder's
     assert report["compiled"]["identity"]["texts"] == 8 == report["compiled"]["identity"]["identical_texts"]
     for section in ("decode", "compiled"):
         assert [row["rows"] for row in report[section]["steps"]] == [1, 3]
         assert all(row["ms_per_step"] > 0 and row["kv_length"] > 1000 for row in report[section]["steps"])
     table = (tmp_path / "out" / "gpu-check.txt").read_text()
     assert "parity pam_tiny on cpu" in table and "streaming / per-image" in table and "decoding step" in table
+    assert "compiled streaming / per-image" in table
 
 
 @pytest.mark.slow
