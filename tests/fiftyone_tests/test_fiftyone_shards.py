@@ -121,10 +121,17 @@ def test_queue_pam_shards_records_once_and_queues_one_operation_per_shard(tmp_pa
 
 
 def start_worker(log: Path, env: dict) -> subprocess.Popen:
-    """A `fiftyone delegated launch` process, its output in `log`."""
+    """A `fiftyone delegated launch` process (in a session of its own, with whatever it starts), its output in
+    `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen([str(Path(sys.executable).with_name("fiftyone")), "delegated", "launch"], env=env,
-                                cwd=log.parent, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def worker_env(tmp_path: Path) -> dict:
+    return {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -151,9 +158,7 @@ def test_two_delegated_workers_label_every_sample_once_as_one_process_does(tmp_p
     count, shards = 10, 4
     dataset = boxes_dataset(small_images(tmp_path, count), "pam-shards-workers")
     reference = dataset.clone("pam-shards-reference")
-    env = {**os.environ, "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = worker_env(tmp_path)
     logs = [tmp_path / "worker_a.log", tmp_path / "worker_b.log"]
     workers = []
     service = DelegatedOperationService()
@@ -211,3 +216,44 @@ def test_two_delegated_workers_label_every_sample_once_as_one_process_does(tmp_p
     service.delete_for_dataset(dataset._doc.id)
     dataset.delete()
     reference.delete()
+
+
+@pytest.mark.slow
+def test_a_killed_workers_shard_is_failed_requeued_and_redoes_only_what_it_had_not_saved(tmp_path):
+    """The recovery docs/scale.md gives: a worker SIGKILLed mid-shard leaves its operation running; `fiftyone
+    delegated fail ID`, then `fiftyone delegated rerun ID`, queue it again, and the re-queued shard describes only
+    the samples the killed worker had not saved, leaving the saved ones as they were."""
+    count = 40  # more than one bulk write (16 samples), so that the kill lands between two of them
+    dataset = boxes_dataset(small_images(tmp_path, 4) * 10, "pam-shards-killed")
+    service = DelegatedOperationService()
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, worker_env(tmp_path))
+    try:
+        [op_id] = queue_pam_shards(dataset, shards=1, **SETTINGS)
+        wait_for(lambda: len(dataset.exists("pam")) >= 16, 240, "the worker's first bulk write", [log])
+        os.killpg(worker.pid, signal.SIGKILL)  # the launcher and any process it started for the operation
+        worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    saved = dict(zip(*dataset.exists("pam").values(["id", "last_modified_at"])))
+    assert 16 <= len(saved) < count and len(saved) % 16 == 0, len(saved)  # whole bulk writes only
+    assert service.get(ObjectId(op_id)).run_state == "running"  # FiftyOne does not notice a dead worker
+
+    cli = str(Path(sys.executable).with_name("fiftyone"))
+    env = worker_env(tmp_path)
+    subprocess.run([cli, "delegated", "fail", op_id], env=env, check=True, capture_output=True)
+    assert service.get(ObjectId(op_id)).run_state == "failed"
+    rerun = subprocess.run([cli, "delegated", "rerun", op_id], env=env, check=True, capture_output=True, text=True)
+    [new_id] = re.findall(r"rerun operation with ID '(\w+)'", rerun.stdout)
+    service.execute_queued_operations(operator=DESCRIBE, dataset_name=dataset.name)
+    operation = service.get(ObjectId(new_id))
+    assert operation.run_state == "completed", operation.result
+    assert operation.status.label == f"PAM: {count - len(saved)}/{count - len(saved)} samples"  # only the rest
+
+    after = dict(zip(*dataset.values(["id", "last_modified_at"])))
+    assert all(after[i] == saved[i] for i in saved)  # what the killed worker saved was not written again
+    assert len(dataset.exists("pam")) == count and dataset.count("pam.detections") == count  # none lost, none twice
+    assert len(dataset.exists("pam_error")) == 0
+    service.delete_for_dataset(dataset._doc.id)
+    dataset.delete()
