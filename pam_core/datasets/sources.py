@@ -76,7 +76,7 @@ class DatasetSource:
             if len(problems) < LISTED_PROBLEMS:
                 problems.append(f"{self.where(number)}: {problem}")
         if malformed:
-            more = f" (and {malformed - 1} more malformed row(s), listed above)" if malformed > 1 else ""
+            more = f" (and {malformed - 1} more malformed row(s))" if malformed > 1 else ""
             raise DatasetError(problems[0] + more, tuple(problems) if malformed > 1 else ())
         if not first_seen:
             what = {"folder": f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})", "glob": "no file"}
