@@ -548,6 +548,14 @@ def _decode_lines(decode: Optional[dict], compiled: Optional[dict]) -> list[str]
     return lines
 
 
+def _counts(parser: argparse.ArgumentParser, flag: str, given: Optional[str], default: str) -> list[int]:
+    """A comma-separated list of counts (`default` when not given); a malformed one is the parser's error."""
+    try:
+        return [int(n) for n in (given or default).split(",")]
+    except ValueError:
+        parser.error(f"{flag} takes counts like {default}, got {given!r}")
+
+
 def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", default=bool(os.environ.get("PAM_GPU_CHECK_CPU_SMOKE")),
@@ -581,14 +589,8 @@ def plan_from_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     plan = parser.parse_args(argv)
     smoke = plan.cpu_smoke
     plan.device, plan.dtype = ("cpu", "float32") if smoke else ("cuda", "bfloat16")
-    try:
-        plan.regions = [int(n) for n in (plan.regions or ("1,3" if smoke else "1,8,64")).split(",")]
-    except ValueError:
-        parser.error(f"--regions takes counts like 1,8,64, got {plan.regions!r}")
-    try:
-        plan.decode_rows = [int(n) for n in (plan.decode_rows or ("1,3" if smoke else "1,16,64")).split(",")]
-    except ValueError:
-        parser.error(f"--decode-rows takes counts like 1,16,64, got {plan.decode_rows!r}")
+    plan.regions = _counts(parser, "--regions", plan.regions, "1,3" if smoke else "1,8,64")
+    plan.decode_rows = _counts(parser, "--decode-rows", plan.decode_rows, "1,3" if smoke else "1,16,64")
     plan.decode_steps = plan.decode_steps or (3 if smoke else 16)
     plan.images = plan.images or (4 if smoke else 200)
     plan.new_tokens = plan.new_tokens or (4 if smoke else 16)
