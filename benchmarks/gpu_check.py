@@ -273,7 +273,7 @@ class GpuCheck:
         skipped = self._compile_skipped()
         if skipped:
             return skipped
-        compiled = PAM(self.pam().model, compile_decoder=True)
+        compiled = PAM(self.pam().model, cache_size=0, compile_decoder=True)
         self.measured["compiled_stream"] = self._timed(dataset.streamed, compiled, self.items(), self.plan.task,
                                                        self.settings())
         return {"model": self.model, **_numbers(self.measured["compiled_stream"])}
@@ -393,8 +393,10 @@ class GpuCheck:
         self.model["checkpoint"] = str(checkpoint)
         self.model["checkpoint_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
+        # no feature cache: the per-image and streaming sections describe the same images, and neither may be
+        # spared an encoder pass by the other
         pam = PAM.from_pretrained(checkpoint, sam2=sam2, device=self.plan.device, dtype=self.plan.dtype,
-                                  local_files_only=True)
+                                  local_files_only=True, cache_size=0)
         self.model["load_seconds"] = time.perf_counter() - start
         self.model["weights_gpu_gb"] = _gpu_gb(self.plan.device, allocated=True)
         start = time.perf_counter()

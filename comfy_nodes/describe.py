@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
 
 import comfy.model_management as mm
 import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from pam_core import LANGUAGES, PAM, TASK_NAMES, AutoMaskSettings, GenerationSettings, PromptError, Region, RegionResult
+from pam_core import (
+    LANGUAGES,
+    PAM,
+    TASK_NAMES,
+    AutoMaskSettings,
+    GenerationSettings,
+    PromptError,
+    Region,
+    RegionResult,
+    StreamItem,
+    StreamProgress,
+    StreamResult,
+)
 from pam_core.automask import ORDERS
+from pam_core.concepts import DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, Sam3Like
 from pam_core.tasks import resolve_tasks
 
 from .prompts import Prompts, mask_regions, parse_boxes, parse_editor, parse_points
@@ -19,8 +34,6 @@ from .types import PAMHandle, PAMModelType, PAMRegionsType
 
 CUSTOM_TASK = "custom instruction"
 
-# (engine, image index, that image [H, W, C], generation settings, progress callback) -> its regions
-DescribeImage = Callable[[PAM, int, torch.Tensor, GenerationSettings, Callable], list[RegionResult]]
 NO_REGION = ("no region to describe: click on the image in the editor (left = positive point, right = negative "
              "point, drag = box), or connect points, bboxes or a mask")
 
@@ -101,42 +114,91 @@ def checked_tasks(task: str, instruction: str | None, more_tasks: str | None, la
     return tasks
 
 
-def describe_batch(pam_model: PAMHandle, image: torch.Tensor, describe_image: DescribeImage,
+@dataclass
+class BatchRequest:
+    """What a node asks PAM about every image of an IMAGE batch: the regions of each image, or (`regions` None)
+    everything SAM 2 finds, or the SAM 3 instances of `concepts`."""
+
+    tasks: list[str]
+    lang: str
+    regions: Optional[list[list[Region]]] = None  # per image
+    auto: AutoMaskSettings = field(default_factory=AutoMaskSettings)
+    concepts: Optional[list[str]] = None
+    threshold: float = DEFAULT_THRESHOLD  # for concepts: which of SAM 3's instances, and with which SAM 3
+    max_instances: Optional[int] = DEFAULT_MAX_INSTANCES
+    sam3: Sam3Like = None
+
+    def describe_one(self, pam: PAM, frame: torch.Tensor, settings: GenerationSettings,
+                     progress: Callable) -> list[RegionResult]:
+        """One image through the per-image API, whose progress counts regions (and whose feature cache keeps the
+        image for the next run)."""
+        common = dict(task=self.tasks, lang=self.lang, generation=settings, progress=progress)
+        if self.concepts:
+            return pam.find(frame, self.concepts, threshold=self.threshold, max_instances=self.max_instances,
+                            sam3=self.sam3, **common)
+        if self.regions is None:
+            return pam.describe_everything(frame, auto=self.auto, **common)
+        return pam.describe(frame, self.regions[0], **common) if self.regions[0] else []
+
+    def describe_stream(self, pam: PAM, images: torch.Tensor, settings: GenerationSettings,
+                        progress: Callable) -> Iterator[StreamResult]:
+        """Several images through the streaming engine: their regions decode together."""
+        items = [StreamItem(frame, None if self.regions is None else self.regions[i], id=str(i),
+                            concepts=self.concepts or None) for i, frame in enumerate(images)]
+        return pam.describe_stream(items, task=self.tasks, lang=self.lang, generation=settings, auto=self.auto,
+                                   progress=progress, cancel=ComfyCancel, find_threshold=self.threshold,
+                                   max_instances=self.max_instances, sam3=self.sam3)
+
+
+class ComfyCancel:
+    """ComfyUI's Cancel as the streaming engine's cancel flag, which it reads between decoding steps."""
+
+    @staticmethod
+    def is_set() -> bool:
+        return mm.processing_interrupted()
+
+
+def describe_batch(pam_model: PAMHandle, image: torch.Tensor, request: BatchRequest,
                    max_new_tokens: int) -> io.NodeOutput:
-    """Every image of an IMAGE batch [B, H, W, C] through `describe_image`. The progress bar counts regions
-    as the engine reports them (before each batch of regions; the total grows as images report their
-    region counts), and each report is where a Cancel takes effect."""
+    """Every image of an IMAGE batch [B, H, W, C]. One image goes through the per-image API; the progress bar counts
+    its regions (before each batch of regions), and each report is where a Cancel takes effect. Several images go
+    through the streaming engine, which decodes the regions of different images together; the bar counts images,
+    and a Cancel takes effect at the next decoding step. A region that does not fit its image is an error that
+    names the image."""
     batch, height, width = image.shape[0], image.shape[1], image.shape[2]
-    bar = comfy.utils.ProgressBar(batch)
-    done = 0
-
-    def progress_of(image_index: int):
-        def progress(index: int, count: int, _message: str) -> None:
-            mm.throw_exception_if_processing_interrupted()
-            if count:  # 0 while the regions are still being found
-                bar.update_absolute(done + index, total=done + count * (batch - image_index))
-        return progress
-
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    per_image = []
     with pam_model.running() as pam:
-        for i in range(batch):
-            per_image.append(describe_image(pam, i, image[i], settings, progress_of(i)))
-            done += len(per_image[-1])
+        if batch == 1:
+            bar = comfy.utils.ProgressBar(1)
+
+            def region_progress(index: int, count: int, _message: str) -> None:
+                mm.throw_exception_if_processing_interrupted()
+                if count:  # 0 while the regions are still being found
+                    bar.update_absolute(index, total=count)
+            per_image = [request.describe_one(pam, image[0], settings, region_progress)]
+        else:
+            bar = comfy.utils.ProgressBar(batch)
+
+            def image_progress(progress: StreamProgress) -> None:
+                mm.throw_exception_if_processing_interrupted()
+                bar.update_absolute(progress.images, total=batch)
+            per_image = [[] for _ in range(batch)]
+            with closing(request.describe_stream(pam, image, settings, image_progress)) as stream:
+                for result in stream:
+                    if not result.ok:
+                        raise PromptError(f"image {result.index + 1} of the batch: {result.error}")
+                    per_image[result.index] = result.regions
+            mm.throw_exception_if_processing_interrupted()  # a stream the Cancel stopped ends early
     found = PAMRegions(per_image, [(height, width)] * batch)
     captions = "\n".join(found.lines())
     return io.NodeOutput(found.masks(), captions, found, ui=ui.PreviewText(captions))
 
 
-def describe_regions(regions: list[list[Region]], tasks: list[str], lang: str) -> DescribeImage:
-    """pam.describe on each image with its own regions (`regions[image index]`); none at all is an error."""
+def regions_request(regions: list[list[Region]], tasks: list[str], lang: str) -> BatchRequest:
+    """Each image with its own regions (`regions[image index]`); none at all is an error."""
     if not any(regions):
         raise PromptError(NO_REGION)
-
-    def describe_image(pam, index, frame, settings, progress):
-        return pam.describe(frame, regions[index], task=tasks, lang=lang, generation=settings,
-                            progress=progress) if regions[index] else []
-    return describe_image
+    return BatchRequest(tasks, lang, regions)
 
 
 class PAMSegmentDescribe(io.ComfyNode):
@@ -169,9 +231,8 @@ class PAMSegmentDescribe(io.ComfyNode):
                 mask=None) -> io.NodeOutput:
         regions = prompt_regions(prompt, positive_points, negative_points, bboxes, mask, image.shape[1],
                                  image.shape[2], each_point_is_a_region)
-        describe = describe_regions([regions] * image.shape[0], checked_tasks(task, instruction, more_tasks, lang),
-                                    lang)
-        return describe_batch(pam_model, image, describe, max_new_tokens)
+        request = regions_request([regions] * image.shape[0], checked_tasks(task, instruction, more_tasks, lang), lang)
+        return describe_batch(pam_model, image, request, max_new_tokens)
 
 
 class PAMDescribeMasks(io.ComfyNode):
@@ -196,8 +257,8 @@ class PAMDescribeMasks(io.ComfyNode):
             raise PromptError(f"{image.shape[0]} images but {len(regions)} masks: give one image with any number "
                               f"of masks, or one mask per image")
         per_image = [regions] if image.shape[0] == 1 else [[region] for region in regions]
-        describe = describe_regions(per_image, checked_tasks(task, instruction, more_tasks, lang), lang)
-        return describe_batch(pam_model, image, describe, max_new_tokens)
+        request = regions_request(per_image, checked_tasks(task, instruction, more_tasks, lang), lang)
+        return describe_batch(pam_model, image, request, max_new_tokens)
 
 
 class PAMDescribeEverything(io.ComfyNode):
@@ -232,10 +293,5 @@ class PAMDescribeEverything(io.ComfyNode):
     def execute(cls, pam_model, image, task, lang, instruction="", max_new_tokens=512, more_tasks="",
                 **automask) -> io.NodeOutput:
         auto = AutoMaskSettings(**{name: value for name, value in automask.items() if value is not None})
-        tasks = checked_tasks(task, instruction, more_tasks, lang)
-
-        def describe_image(pam, _index, frame, settings, progress):
-            return pam.describe_everything(frame, task=tasks, lang=lang, generation=settings, auto=auto,
-                                           progress=progress)
-
-        return describe_batch(pam_model, image, describe_image, max_new_tokens)
+        request = BatchRequest(checked_tasks(task, instruction, more_tasks, lang), lang, auto=auto)
+        return describe_batch(pam_model, image, request, max_new_tokens)

@@ -10,7 +10,7 @@ from pam_core.checkpoint import DEFAULT_SAM3, SAM3_MODELS
 from pam_core.concepts import DEFAULT_MAX_INSTANCES, DEFAULT_THRESHOLD, check_find_settings, checked_concepts
 from pam_core.concepts import concept_finder as load_concept_finder
 
-from .describe import checked_tasks, describe_batch, region_outputs, text_inputs
+from .describe import BatchRequest, checked_tasks, describe_batch, region_outputs, text_inputs
 from .loader import SAM3_FOLDER, local_checkpoints
 from .prompts import parse_concepts
 from .types import PAMModelType
@@ -65,12 +65,10 @@ class PAMFindDescribe(io.ComfyNode):
         except WeightsNotFoundError as exc:
             raise WeightsNotFoundError(f"{exc}\n{sam3_help()}") from exc
 
-        def describe_image(pam, _index, frame, settings, progress):
-            return pam.find(frame, names, task=tasks, lang=lang, threshold=threshold, max_instances=max_instances,
-                            generation=settings, sam3=finder, progress=progress)
-
+        request = BatchRequest(tasks, lang, concepts=names, threshold=threshold, max_instances=max_instances,
+                               sam3=finder)
         try:
-            return describe_batch(pam_model, image, describe_image, max_new_tokens)
+            return describe_batch(pam_model, image, request, max_new_tokens)
         finally:  # SAM 3 rests where PAM rests between runs
             if not pam_model.keep_loaded:
                 finder.to(pam_model.offload_device)

@@ -3,7 +3,7 @@
 from .analysis import RegionAnalysis, RegionResult
 from .automask import AutoMaskSettings
 from .concepts import ConceptFinder, ConceptInstance
-from .engine import PAM, FeatureCache
+from .engine import PAM
 from .errors import (
     CheckpointError,
     DatasetError,
@@ -20,6 +20,7 @@ from .errors import (
 from .generation import GenerationSettings
 from .loading import ModelSource, load_pam
 from .prompts import Region
+from .segmenter import FeatureCache
 from .stream import StreamItem, StreamProgress, StreamResult
 from .tasks import LANGUAGES, TASK_NAMES
 from .video import VideoPrompt, VideoResult, VideoSettings

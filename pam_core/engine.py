@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -29,7 +27,7 @@ from .io import ImageLike, load_image
 from .model import PAMModel
 from .progress import Progress
 from .prompts import Region, RegionLike, as_region
-from .segmenter import ImageFeatures
+from .segmenter import FeatureCache, ImageFeatures
 from .stream import StreamItem, StreamProgressCallback, StreamResult, describe_stream
 from .tasks import Task, Tasks, resolve_tasks
 
@@ -39,43 +37,6 @@ if TYPE_CHECKING:  # annotations only: the video package does not import the eng
 # (region, task) sequences decoded together on the CPU; on a GPU the default follows free memory.
 CPU_MAX_BATCH = 16
 GPU_MAX_BATCH = 64
-
-
-class FeatureCache:
-    """SAM 2 encoder outputs of the last few images, keyed by pixel content (a re-run graph, interactive
-    clicking or another task on the same image skips the encoder). Bounded: the oldest entry goes first."""
-
-    def __init__(self, size: int = 4):
-        if size < 0:
-            raise SettingsError(f"the feature cache size must be >= 0, got {size}")
-        self.size = size
-        self._entries: OrderedDict[str, ImageFeatures] = OrderedDict()
-
-    @staticmethod
-    def key(image: Image.Image) -> str:
-        digest = hashlib.blake2b(image.tobytes(), digest_size=20)
-        digest.update(f"{image.mode}{image.size}".encode())
-        return digest.hexdigest()
-
-    def get(self, key: str) -> Optional[ImageFeatures]:
-        features = self._entries.get(key)
-        if features is not None:
-            self._entries.move_to_end(key)
-        return features
-
-    def put(self, key: str, features: ImageFeatures) -> None:
-        if self.size == 0:
-            return
-        self._entries[key] = features
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class PAM:
@@ -233,7 +194,8 @@ class PAM:
         in background threads, encoded in batches, and the regions of many images decode together (up to
         `max_batch` rows); in float32 each image gets what `describe` gives it. See `pam_core.stream`. Items
         with `concepts` get what `find` gives them (`find_threshold`, `max_instances`, `sam3` as there; SAM 3
-        loads at the first such item).
+        loads at the first such item). Images in the engine's feature cache skip the encoder, and the stream's
+        images go into it, as with `describe`.
 
         >>> for result in pam.describe_stream(StreamItem(path, [Region.from_box(b)]) for path, b in boxes):
         ...     print(result.id, result.error or [r.text for r in result.regions])
@@ -247,7 +209,7 @@ class PAM:
         return describe_stream(self.model, items, task, lang, generation, auto, max_batch=self._max_batch(),
                                compile_decoder=self.compile_decoder, encoder_batch=encoder_batch,
                                read_threads=read_threads, lookahead=lookahead, progress=progress, cancel=cancel,
-                               find_concepts=find_concepts)
+                               find_concepts=find_concepts, cache=self.cache)
 
     def describe_video(self, video, prompts, settings: Optional["VideoSettings"] = None, *,
                        generation: GenerationSettings = GenerationSettings(), fps: Optional[float] = None,

@@ -13,6 +13,8 @@ tests/test_sam2_api.py fails naming the member if a sam2 release moves one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +27,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from .checkpoint import state_dict_mismatch
-from .errors import CheckpointError
+from .errors import CheckpointError, SettingsError
 
 # What the PAM fork computes with (see the fixture README, section 2.3): masks always from token 0,
 # no hole filling, no stability-based mask replacement.
@@ -101,6 +103,48 @@ class ImageFeatures:
     high_res: list[torch.Tensor]  # the two high-resolution maps the decoder upsamples with
     width: int
     height: int
+
+    def own_copy(self) -> "ImageFeatures":
+        """These features as tensors of their own, not views into the batch they were encoded in, so that keeping
+        them (in a FeatureCache) does not keep the whole batch."""
+        return ImageFeatures(self.image_embed.clone(), [x.clone() for x in self.high_res], self.width, self.height)
+
+
+class FeatureCache:
+    """SAM 2 encoder outputs of the last few images, keyed by pixel content (a re-run graph, interactive
+    clicking or another task on the same image skips the encoder). Bounded: the oldest entry goes first."""
+
+    def __init__(self, size: int = 4):
+        if size < 0:
+            raise SettingsError(f"the feature cache size must be >= 0, got {size}")
+        self.size = size
+        self._entries: OrderedDict[str, ImageFeatures] = OrderedDict()
+
+    @staticmethod
+    def key(image: Image.Image) -> str:
+        digest = hashlib.blake2b(image.tobytes(), digest_size=20)
+        digest.update(f"{image.mode}{image.size}".encode())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Optional[ImageFeatures]:
+        features = self._entries.get(key)
+        if features is not None:
+            self._entries.move_to_end(key)
+        return features
+
+    def put(self, key: str, features: ImageFeatures) -> None:
+        if self.size == 0:
+            return
+        self._entries[key] = features
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass

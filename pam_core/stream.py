@@ -29,7 +29,7 @@ from .generation import DecodeBatch, Generation, GenerationSettings
 from .io import ImageLike, load_image
 from .model import PAMModel
 from .prompts import Region, RegionLike, as_region
-from .segmenter import preprocess
+from .segmenter import FeatureCache, ImageFeatures, preprocess
 from .tasks import Task, Tasks, resolve_tasks
 
 # Images encoded together: a CPU is compute-bound either way, a GPU wants full batches.
@@ -111,6 +111,7 @@ class _Prepared:
     regions: Optional[list[Region]] = None  # None: describe everything (or the concepts' instances)
     concepts: Optional[list[str]] = None
     image: Optional[Image.Image] = None  # kept for SAM 3 when there are concepts to find
+    cache_key: Optional[str] = None  # the image's FeatureCache key, when the stream has a cache
     error: Optional[str] = None
 
 
@@ -181,8 +182,9 @@ class _Stream:
 
     def __init__(self, model: PAMModel, task: Tasks, lang: str, generation: GenerationSettings,
                  auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False,
-                 find_concepts: Optional[FindConcepts] = None):
+                 find_concepts: Optional[FindConcepts] = None, cache: Optional[FeatureCache] = None):
         self.model = model
+        self.cache = cache
         self.find_concepts = find_concepts
         self.task, self.lang = task, lang
         self.tasks = resolve_tasks(task, lang)  # checked before the first image is read
@@ -210,6 +212,8 @@ class _Stream:
             prepared.size = image.size
             if prepared.concepts:
                 prepared.image = image
+            if self.cache is not None:
+                prepared.cache_key = FeatureCache.key(image)
             if item.regions is not None:
                 regions = item.regions(*image.size) if callable(item.regions) else item.regions
                 prepared.regions = [as_region(r).validated(image.width, image.height) for r in regions]
@@ -219,10 +223,10 @@ class _Stream:
         return prepared
 
     def analyze(self, items: list[_Prepared]) -> list[_InFlight]:
-        """Encode the images in one batch, then run each one's regions through the decoder and Perceiver."""
-        features = self.model.segmenter.encode_batch(torch.cat([p.pixels for p in items]), [p.size for p in items])
+        """Encode the images in one batch (those the cache does not have), then run each one's regions through
+        the decoder and Perceiver."""
         flights = []
-        for item, feats in zip(items, features):
+        for item, feats in zip(items, self.encode(items)):
             item.pixels = None
             instances = None
             if item.concepts:
@@ -237,6 +241,17 @@ class _Stream:
                 regions, prompts = item.regions, [r.kind for r in item.regions]
             flights.append(_InFlight(item, analyze_regions(self.model, feats, regions), prompts, instances))
         return flights
+
+    def encode(self, items: list[_Prepared]) -> list[ImageFeatures]:
+        cached = [self.cache.get(p.cache_key) if p.cache_key else None for p in items]
+        missing = [p for p, feats in zip(items, cached) if feats is None]
+        encoded = iter(self.model.segmenter.encode_batch(torch.cat([p.pixels for p in missing]),
+                                                         [p.size for p in missing]) if missing else ())
+        features = [feats if feats is not None else next(encoded) for feats in cached]
+        for item, feats, was_cached in zip(items, features, cached):
+            if item.cache_key and was_cached is None:
+                self.cache.put(item.cache_key, feats.own_copy() if len(missing) > 1 else feats)
+        return features
 
     def join_waiting(self) -> None:
         """Move waiting regions into the decoding batch while they fit, one prefill per run of regions that
@@ -292,8 +307,8 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
                     auto: AutoMaskSettings = AutoMaskSettings(), *, max_batch: int = 16,
                     compile_decoder: bool = False, encoder_batch: Optional[int] = None, read_threads: int = 2,
                     lookahead: int = 8, progress: Optional[StreamProgressCallback] = None,
-                    cancel: Optional[threading.Event] = None,
-                    find_concepts: Optional[FindConcepts] = None) -> Iterator[StreamResult]:
+                    cancel: Optional[threading.Event] = None, find_concepts: Optional[FindConcepts] = None,
+                    cache: Optional[FeatureCache] = None) -> Iterator[StreamResult]:
     """Describe every image of `items` (`StreamItem`s, or images to describe everything of), yielding one
     `StreamResult` per image as it completes (not necessarily in stream order; `index` gives the position).
 
@@ -303,12 +318,14 @@ def describe_stream(model: PAMModel, items: Iterable[Union[StreamItem, ImageLike
     images read ahead. `compile_decoder` decodes with `torch.compile`d LLM steps (`PAMModel.decoding_llm`).
     `progress` is called after every image; setting `cancel` (or closing the iterator) stops the stream after
     the current decoding step, and what finished has been yielded. `find_concepts` finds the instances of the
-    items' `concepts` (called in the model's thread, once per image with concepts).
+    items' `concepts` (called in the model's thread, once per image with concepts). With a `cache`, an image
+    whose features it holds skips the encoder, and the images encoded go into it.
     """
     check_stream_settings(max_batch, encoder_batch, read_threads, lookahead)
     if encoder_batch is None:
         encoder_batch = GPU_ENCODER_BATCH if model.device.type == "cuda" else CPU_ENCODER_BATCH
-    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder, find_concepts)
+    stream = _Stream(model, task, lang, generation, auto, max_batch, encoder_batch, compile_decoder, find_concepts,
+                     cache)
     return _run(stream, items, read_threads, max(lookahead, encoder_batch), progress, cancel)
 
 

@@ -175,6 +175,29 @@ JOBS = {
                                           "task": "definition", **TEXT}),
                "8": ("PAMRegionsToText", {"regions": ["7", 2]}),
                "9": ("PreviewAny", {"source": ["8", 1]})}),
+        # batches of two through the streaming engine: everything found on each image, SAM 3's instances on each
+        "batch_everything": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("RepeatImageBatch", {"image": ["1", 0], "amount": 2}),
+               "4": ("PAMDescribeEverything", {"pam_model": ["2", 0], "image": ["3", 0], "task": "category", **TEXT,
+                                               **FIXTURE_AUTOMASK})}),
+        "batch_find": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("RepeatImageBatch", {"image": ["1", 0], "amount": 2}),
+               "4": ("PAMFindDescribe", {"pam_model": ["2", 0], "image": ["3", 0], "concepts": "object, red shape",
+                                         "sam3": SAM3_NAME, "threshold": 0.0, "max_instances": 2, "task": "category",
+                                         **TEXT})}),
+        # mask i belongs to image i, and the second mask is empty (a full and an empty SolidMask, batched)
+        "batch_empty_mask": api_prompt(
+            **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}), "2": LOADER,
+               "3": ("RepeatImageBatch", {"image": ["1", 0], "amount": 2}),
+               "4": ("SolidMask", {"value": 1.0, "width": 640, "height": 480}),
+               "5": ("SolidMask", {"value": 0.0, "width": 640, "height": 480}),
+               "6": ("MaskToImage", {"mask": ["4", 0]}), "7": ("MaskToImage", {"mask": ["5", 0]}),
+               "8": ("ImageBatch", {"image1": ["6", 0], "image2": ["7", 0]}),
+               "9": ("ImageToMask", {"image": ["8", 0], "channel": "red"}),
+               "10": ("PAMDescribeMasks", {"pam_model": ["2", 0], "image": ["3", 0], "mask": ["9", 0],
+                                           "task": "category", **TEXT})}),
         # a KJNodes-style points string, a custom instruction in Chinese, the checkpoint from extra_model_paths.yaml
         "custom_instruction": api_prompt(
             **{"1": ("LoadImage", {"image": EXAMPLE_IMAGE}),
@@ -340,6 +363,30 @@ def test_batch_masks_and_describe_masks_match_pam_core(engine, pam):
     assert entry["outputs"]["8"]["text"] == ["\n".join(lines(described))]
     [as_json] = entry["outputs"]["9"]["text"]  # the JSON output, shown by a core PreviewAny node
     assert json.loads(as_json) == [{"image": 0, **r.to_dict()} for r in described]
+
+
+@pytest.mark.host
+@needs_comfyui
+def test_batches_stream_and_give_each_image_what_pam_core_gives_it(engine, pam, synthetic_sam3):
+    """A batch of several images goes through the streaming engine (regions of different images decode together);
+    each image gets exactly the per-image result, and a region that does not fit its image names the image."""
+    results, _ = engine
+    entry = results["batch_everything"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    found = pam.describe_everything(FIXTURE / "inputs" / "image.png", task="category",
+                                    generation=GenerationSettings(max_new_tokens=TOKENS),
+                                    auto=AutoMaskSettings(**FIXTURE_AUTOMASK))
+    assert found and entry["outputs"]["4"]["text"] == ["\n".join(lines(found) * 2)]
+    entry = results["batch_find"]
+    assert entry["valid"] and entry["success"], entry.get("status") or entry["node_errors"]
+    want = pam.find(FIXTURE / "inputs" / "image.png", CONCEPTS, task="category", threshold=0.0, max_instances=2,
+                    generation=GenerationSettings(max_new_tokens=TOKENS),
+                    sam3=ConceptFinder.from_pretrained(synthetic_sam3))
+    assert want and entry["outputs"]["4"]["text"] == [
+        "\n".join(f"{r.concept}: {line}" for r, line in zip(want * 2, lines(want) * 2))]
+    error = execution_error(results["batch_empty_mask"])
+    assert error["node_type"] == "PAMDescribeMasks"
+    assert error["exception_message"].startswith("image 2 of the batch: mask is empty"), error["exception_message"]
 
 
 @pytest.mark.host
@@ -563,6 +610,30 @@ def test_server_interrupt_stops_between_regions(servers):
     assert messages[-1]["type"] == "execution_interrupted", messages[-1]
     done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
     assert max(done) < 10
+
+
+@pytest.mark.host
+@needs_comfyui
+def test_server_batch_progress_per_image_and_cancel(servers):
+    """A batch streams: the bar counts images, and Cancel stops the engine at its next decoding step."""
+    url, _ = servers("bundled")
+    prompt = server_prompt(url, "click_to_caption")
+    prompt["7"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 3}}
+    prompt["3"]["inputs"]["image"] = prompt["4"]["inputs"]["image"] = ["7", 0]  # PAM Segment & Describe, PAM Overlay
+    _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt), 900))
+    assert messages[-1]["type"] == "execution_success", messages[-1]
+    progress = [(m["data"]["value"], m["data"]["max"]) for m in messages if m["type"] == "progress"
+                and m["data"]["node"] == "3"]
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    executed = {m["data"]["node"]: m["data"]["output"] for m in messages if m["type"] == "executed"}
+    assert len(executed["6"]["text"][0].splitlines()) == 6  # 2 regions on each of the 3 images
+    # 8 images, one at a time (its 2 regions are the 2 rows of max_batch): Cancel after the first stops the stream
+    prompt["7"]["inputs"]["amount"] = 8
+    prompt["2"]["inputs"]["max_batch"] = 2
+    _, messages = asyncio.run(asyncio.wait_for(run_on_server(url, prompt, interrupt_on_progress=True), 900))
+    assert messages[-1]["type"] == "execution_interrupted", messages[-1]
+    done = [m["data"]["value"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "3"]
+    assert done and max(done) < 8
 
 
 @pytest.mark.host

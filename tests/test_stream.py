@@ -67,10 +67,37 @@ def test_each_image_gets_what_describe_gives_it(pam, images, per_image, max_batc
 
 
 def test_images_encoded_together_give_the_same_results(pam, images, per_image):
-    results = sorted(pam.describe_stream([StreamItem(i, r) for i, r in zip(images, REGIONS)], task=TASKS,
-                                         generation=SETTINGS, encoder_batch=4), key=lambda r: r.index)
+    uncached = PAM(pam.model, cache_size=0)  # `pam`'s cache holds these images' features from `per_image`
+    results = sorted(uncached.describe_stream([StreamItem(i, r) for i, r in zip(images, REGIONS)], task=TASKS,
+                                              generation=SETTINGS, encoder_batch=4), key=lambda r: r.index)
     for expected, result in zip(per_image, results):
         _same(expected, result.regions)
+
+
+def test_the_feature_cache_spares_the_encoder(pam, images, per_image, monkeypatch):
+    """A stream puts what it encodes into the engine's feature cache, as `describe` does, and an image the cache
+    holds skips the encoder: a re-run over the same images (a ComfyUI batch run again) encodes nothing."""
+    engine = PAM(pam.model, cache_size=len(images))
+    encoded = []
+    real_encode_batch = pam.model.segmenter.encode_batch
+
+    def counted(pixels, sizes):
+        encoded.append(len(sizes))
+        return real_encode_batch(pixels, sizes)
+
+    monkeypatch.setattr(pam.model.segmenter, "encode_batch", counted)
+    items = [StreamItem(i, r) for i, r in zip(images, REGIONS)]
+    first = list(engine.describe_stream(items, task=TASKS, generation=SETTINGS, encoder_batch=4))
+    assert encoded == [4] and len(engine.cache) == 4
+    for features in engine.cache._entries.values():  # its own tensors, not views that keep the batch of 4 alive
+        assert features.image_embed.untyped_storage().nbytes() == features.image_embed.nbytes
+    again = list(engine.describe_stream(items[::-1], task=TASKS, generation=SETTINGS, encoder_batch=4))
+    engine.describe(images[2], REGIONS[2], task=TASKS, generation=SETTINGS)
+    assert encoded == [4], "cached images went through the encoder again"
+    for result in first:
+        _same(per_image[result.index], result.regions)
+    for result in again:  # the items reversed
+        _same(per_image[len(images) - 1 - result.index], result.regions)
 
 
 def test_describe_everything_in_a_stream(pam, images):
