@@ -174,13 +174,15 @@ class LabelRegions:
 
 
 def fill_metadata(sample) -> None:
-    """The sample's `metadata` as FiftyOne's `compute_metadata` stores it (`ImageMetadata.build_for`: size in bytes,
-    MIME type, width, height, channels, read from the file's header), where it has none; existing metadata stays.
-    The file was just read, so its header is in the page cache."""
+    """The sample's `metadata` as FiftyOne's `compute_metadata` stores it, where it has none; existing metadata stays.
+    An image's comes from its file's header (`ImageMetadata.build_for`: size in bytes, MIME type, width, height,
+    channels), a video's from ffprobe, as FiftyOne reads it (`VideoMetadata.build_for`: frame size, rate and count,
+    duration, encoding). The file was just read, so it is in the page cache."""
     if sample.metadata is not None:
         return
+    build = fo.VideoMetadata.build_for if sample.media_type == "video" else fo.ImageMetadata.build_for
     try:
-        sample.metadata = fo.ImageMetadata.build_for(sample.filepath)
+        sample.metadata = build(sample.filepath)
     except Exception as exc:  # as compute_metadata(skip_failures=True): left empty; a file PAM could not read
         logger.debug("no metadata for %s: %s", sample.filepath, exc)  # has its reason in the error field already
 
@@ -354,7 +356,8 @@ def _ray_images(run: RunContext, ids: list[str], prompt_field: Optional[str],
     """The samples of `ids` described on Ray workers (`pam_core.datasets.describe_on_ray`), yielding `Described`
     as each finishes. This process reads each sample's path and prompt regions, in pixels (metadata is filled first
     where missing: FiftyOne's coordinates are relative), and keeps only those, the prompts' labels and the metadata
-    it filled; a finished sample is read again by id to be labelled, so a huge run holds no samples in memory."""
+    it filled; the samples of a finished Ray call are read again by id, together, to be labelled, so a huge run holds
+    no samples in memory."""
     job = DescribeJob(source=run.model.source, tasks=request.tasks, lang=request.lang, generation=run.generation,
                       everything=prompt_field is None and not request.concepts, auto=request.auto,
                       concepts=tuple(request.concepts), find_threshold=request.find_threshold,
@@ -378,13 +381,15 @@ def _ray_images(run: RunContext, ids: list[str], prompt_field: Optional[str],
             # `prompts` is what RegionResult.prompt is read back from
             prompts = tuple({part: True for part in region.kind.split("+")} for region in regions) if regions else None
             rows.append(SourceRow(sample.id, sample.filepath, prompts, regions))
-    described = describe_on_ray(rows, job, run.ray)
-    with closing(described):  # a run stopped early stops Ray's run too
-        for image_id, image_rows in described:
-            [sample] = next(_sample_batches(run.samples, [image_id]))
-            if sample.metadata is None:
-                sample.metadata = filled.get(image_id)
-            yield _labelled(run, sample, result_from_rows(image_rows), names.get(image_id))
+    calls = describe_on_ray(rows, job, run.ray)
+    with closing(calls):  # a run stopped early stops Ray's run too
+        for call in calls:
+            rows_of = dict(call)
+            for batch in _sample_batches(run.samples, list(rows_of)):
+                for sample in batch:
+                    if sample.metadata is None:
+                        sample.metadata = filled.get(sample.id)
+                    yield _labelled(run, sample, result_from_rows(rows_of[sample.id]), names.get(sample.id))
 
 
 def _sam3_for_workers(sam3: Sam3Like) -> str:
@@ -466,6 +471,7 @@ def _run_videos(run: RunContext, prompt_field: Optional[str], tasks: Optional[Ta
                 except PAMError as exc:  # a bad file or prompt fails this sample only; the run goes on
                     write_video_labels(sample, run.label_field, {}, None)
                     described = Described(sample, error=str(exc))
+                fill_metadata(sample)
                 yield described
 
     summary = yield from _describe_samples(run, record, done_field, declare, describe_all)

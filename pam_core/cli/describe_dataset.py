@@ -13,6 +13,7 @@ import inspect
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 from ..automask import AutoMaskSettings
@@ -103,7 +104,7 @@ def run(args) -> int:
             else:
                 common.log(f"on Ray ({workers.address}): {workers.workers} worker(s), "
                            f"{workers.gpus_per_worker:g} GPU(s) and {workers.cpus_per_worker:g} CPU(s) each")
-                described = describe_on_ray(rows, job, workers)
+                described = _each_image(describe_on_ray(rows, job, workers))
             _write(described, output, todo, args, start)
     if output.succeed(ids):
         common.log(f"every image has its rows: wrote {Path(args.out) / '_SUCCESS'}")
@@ -124,6 +125,13 @@ def _ray_workers(args) -> RayWorkers | None:
     workers = RayWorkers(args.ray, **given)
     import_ray()  # a missing extra is one line now, not after the source is read
     return workers
+
+
+def _each_image(calls: Iterator[list[tuple[str, list]]]) -> Iterator[tuple[str, list]]:
+    """Ray's results a call at a time as (image id, rows) one image at a time; closing this closes Ray's run."""
+    with closing(calls):
+        for call in calls:
+            yield from call
 
 
 def _in_process(job: DescribeJob, rows) -> Iterator[tuple[str, list]]:

@@ -66,9 +66,11 @@ def import_ray():
     return ray
 
 
-def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWorkers) -> Iterator[tuple[str, list]]:
-    """(image id, output rows) for every row, in the order batches finish. Connects to `workers.address` unless
-    Ray is already initialized in this process; what it initialized is shut down when the iterator ends or is
+def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob,
+                    workers: RayWorkers) -> Iterator[list[tuple[str, list]]]:
+    """(image id, output rows) for every row, a list per Ray call as calls finish (at most `workers.batch_size`
+    images each: a host that reads its records back can read a call's at once). Connects to `workers.address`
+    unless Ray is already initialized in this process; what it initialized is shut down when the iterator ends or is
     closed (Ctrl-C), which also stops the actors."""
     ray = import_ray()
     rows = list(rows)
@@ -94,8 +96,7 @@ def describe_on_ray(rows: Iterable[SourceRow], job: DescribeJob, workers: RayWor
             num_gpus=workers.gpus_per_worker or None, runtime_env={"env_vars": _forwarded_env()})
         try:
             for batch in described.iter_batches(batch_size=None, batch_format="numpy"):
-                for image_id, lines in zip(batch["id"], batch["rows"]):
-                    yield str(image_id), json.loads(lines)
+                yield [(str(image_id), json.loads(lines)) for image_id, lines in zip(batch["id"], batch["rows"])]
         except ray.exceptions.RayError as exc:
             raise _clear(exc) from None
     finally:

@@ -3,6 +3,7 @@ frame Detections (`index` = track id) and captioned per segment into TemporalDet
 pam_core's own describe_video on the same mp4 and prompts (fixture checkpoint, 4 short tokens); the zoo model
 as a FiftyOne video model through `apply_model`, which reads videos with ffmpeg."""
 
+import shutil
 from pathlib import Path
 
 import fiftyone as fo
@@ -122,6 +123,13 @@ def test_apply_pam_on_videos_writes_tracks_and_segment_captions(pam, clip, tmp_p
     assert first.pam_error is None and later.pam_error is None
 
     assert "cannot read video" in broken.pam_error and broken.pam_captions is None
+    if shutil.which("ffprobe"):  # metadata as compute_metadata stores it, read with ffprobe as FiftyOne reads it
+        assert (first.metadata.frame_width, first.metadata.frame_height) == (320, 240)
+        assert first.metadata.total_frame_count == FRAMES and first.metadata.mime_type == "video/mp4"
+        assert later.metadata == first.metadata
+    else:
+        assert first.metadata is None
+    assert broken.metadata is None  # ffprobe cannot read it either: left empty, as compute_metadata(skip_failures)
     assert all(frame.pam is None for frame in broken.frames.values())
     schema = dataset.get_field_schema(flat=True)
     frame_schema = dataset.get_frame_field_schema(flat=True)
