@@ -184,7 +184,7 @@ class _Stream:
                  auto: AutoMaskSettings, max_batch: int, encoder_batch: int, compile_decoder: bool = False,
                  find_concepts: Optional[FindConcepts] = None, cache: Optional[FeatureCache] = None):
         self.model = model
-        self.cache = cache
+        self.cache = cache if cache is not None and cache.size else None  # size 0: no key to compute per image
         self.find_concepts = find_concepts
         self.task, self.lang = task, lang
         self.tasks = resolve_tasks(task, lang)  # checked before the first image is read

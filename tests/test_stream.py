@@ -11,7 +11,16 @@ import pytest
 from PIL import Image
 
 from helpers import FIXTURE, needs_fixture
-from pam_core import PAM, AutoMaskSettings, GenerationSettings, PromptError, Region, SettingsError, StreamItem
+from pam_core import (
+    PAM,
+    AutoMaskSettings,
+    FeatureCache,
+    GenerationSettings,
+    PromptError,
+    Region,
+    SettingsError,
+    StreamItem,
+)
 
 pytestmark = needs_fixture
 SETTINGS = GenerationSettings(max_new_tokens=10)
@@ -98,6 +107,10 @@ def test_the_feature_cache_spares_the_encoder(pam, images, per_image, monkeypatc
         _same(per_image[result.index], result.regions)
     for result in again:  # the items reversed
         _same(per_image[len(images) - 1 - result.index], result.regions)
+    hashed = []
+    monkeypatch.setattr(FeatureCache, "key", staticmethod(lambda image: hashed.append(image) or "key"))
+    list(PAM(pam.model, cache_size=0).describe_stream(items[:1], task=TASKS, generation=SETTINGS))
+    assert encoded == [4, 1] and not hashed, "a stream without a cache hashed its images"
 
 
 def test_describe_everything_in_a_stream(pam, images):
